@@ -1,0 +1,54 @@
+"""The one place a SparkSession is built: connector on the classpath, UTC, quiet logs.
+
+Every component (streaming job, readers, notebooks, tests) calls `spark_session(settings)`.
+The Kafka connector comes from the local jar cache (`btcstream.infra.artifacts`), so once the
+jars are resolved no network is needed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from btcstream.infra import artifacts
+from btcstream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SPARK_LOG_LEVEL = "WARN"
+
+
+def spark_session(settings: Settings, app_name: str = "btcstream", *, with_kafka: bool = True,
+                  extra_conf: dict[str, str] | None = None):  # -> pyspark.sql.SparkSession
+    """Get or create the SparkSession for `settings`.
+
+    `with_kafka=False` skips the connector (pure DataFrame work needs no jars). Configuration only
+    takes effect on the first call in a process: a running SparkContext keeps its classpath.
+    """
+    # Spark's Python workers must run the same interpreter (with pandas/pyarrow) as the driver.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    from pyspark.sql import SparkSession
+
+    builder = (
+        SparkSession.builder.appName(app_name)
+        .master(settings.spark_master)
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.driver.extraJavaOptions", "-Duser.timezone=UTC")
+        .config("spark.executor.extraJavaOptions", "-Duser.timezone=UTC")
+        .config("spark.sql.shuffle.partitions", "4")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.streaming.stateStore.providerClass",
+                "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider")
+        # HDFS on one machine has one DataNode: never wait for replicas that cannot exist.
+        .config("spark.hadoop.dfs.replication", "1")
+        .config("spark.hadoop.dfs.client.block.write.replace-datanode-on-failure.policy", "NEVER")
+    )
+    if with_kafka:
+        builder = builder.config("spark.jars", ",".join(str(j) for j in artifacts.connector_jars(settings)))
+    for key, value in (extra_conf or {}).items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel(SPARK_LOG_LEVEL)
+    return session

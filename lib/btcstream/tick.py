@@ -1,0 +1,95 @@
+"""The tick record: the single source of truth for the JSON on the Kafka topic and its Spark schema.
+
+One tick = one symbol's top of book at one moment, plus that symbol's 24 h statistics and the
+coin's CoinGecko market data. Producer and streaming job both import from here; nothing else
+spells field names. Not for: validation of prices (the streaming job quarantines bad ticks).
+
+Example of the JSON on the topic (key = symbol, UTF-8):
+
+    {"schema_version": 1, "symbol": "BTCUSDT",
+     "event_time": "2025-02-14T10:58:31.204000+00:00", "timestamp": "2025-02-14T10:58:31.251000+00:00",
+     "bid_price": 97017.57, "ask_price": 97017.58, "bid_qty": 0.10025, "ask_qty": 7.11458,
+     "volume_24h": 18012.3, "quote_volume_24h": 1738221467.31, "high_24h": 97231.0, "low_24h": 95410.0,
+     "price_change_24h": 887.8, "price_change_percentage_24h": 0.923,
+     "trade_timestamp": "2025-02-14T10:58:36+00:00",
+     "market_cap": 1923087506901.0, "coingecko_total_volume": 30381193367.0,
+     "coingecko_last_updated": "2025-02-14T10:58:30.120000+00:00"}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pyspark is heavy to import; the producer does not need it.
+    from pyspark.sql.types import StructType
+
+SCHEMA_VERSION = 1
+SUPPORTED_SCHEMA_VERSIONS = frozenset({SCHEMA_VERSION})
+
+
+@dataclass(frozen=True)
+class Tick:
+    """One observation of one symbol. Times are UTC ISO-8601 strings with offset; numbers may be None."""
+
+    symbol: str
+    event_time: str  # when the bid/ask was observed, on the exchange's clock
+    timestamp: str  # when the producer built this record, on the producer's clock (the seed's field)
+    bid_price: float | None
+    ask_price: float | None
+    bid_qty: float | None
+    ask_qty: float | None
+    volume_24h: float | None = None  # Binance 24 h base-asset volume
+    quote_volume_24h: float | None = None  # Binance 24 h quote-asset volume
+    high_24h: float | None = None  # Binance 24 h high
+    low_24h: float | None = None  # Binance 24 h low
+    price_change_24h: float | None = None  # Binance 24 h price change (quote currency)
+    price_change_percentage_24h: float | None = None  # Binance 24 h price change in percent
+    trade_timestamp: str | None = None  # Binance 24 h window close time (last trade), UTC ISO
+    market_cap: float | None = None  # CoinGecko market cap, USD
+    coingecko_total_volume: float | None = None  # CoinGecko 24 h total volume, USD
+    coingecko_last_updated: str | None = None  # CoinGecko's own observation time of the two above
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> bytes:
+        """The UTF-8 JSON value written to Kafka."""
+        return json.dumps(asdict(self), separators=(",", ":"), allow_nan=False).encode()
+
+    @classmethod
+    def from_json(cls, value: bytes | str) -> "Tick":
+        """Parse a value written by `to_json` (unknown keys are ignored, for forward compatibility)."""
+        data: dict[str, Any] = json.loads(value)
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Tick))
+TIME_FIELDS = frozenset({"event_time", "timestamp", "trade_timestamp", "coingecko_last_updated"})
+
+
+def iso_utc(moment: datetime) -> str:
+    """A timezone-aware datetime as UTC ISO-8601 with offset; naive datetimes are refused."""
+    if moment.tzinfo is None:
+        raise ValueError(f"naive datetime {moment!r}: btcstream times are always timezone-aware UTC")
+    return moment.astimezone(timezone.utc).isoformat()
+
+
+def utc_from_ms(epoch_ms: int | float) -> datetime:
+    """Epoch milliseconds (as Binance sends them) to an aware UTC datetime."""
+    return datetime.fromtimestamp(epoch_ms / 1000.0, tz=timezone.utc)
+
+
+def spark_schema() -> "StructType":
+    """The Spark schema of the JSON value. Times arrive as strings and are parsed by the job."""
+    from pyspark.sql.types import DoubleType, IntegerType, StringType, StructField, StructType
+
+    def spark_type(name: str) -> Any:
+        if name == "schema_version":
+            return IntegerType()
+        if name == "symbol" or name in TIME_FIELDS:
+            return StringType()
+        return DoubleType()
+
+    return StructType([StructField(name, spark_type(name), True) for name in FIELD_NAMES])
