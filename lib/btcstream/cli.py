@@ -1,0 +1,46 @@
+"""The `btcstream` command line: one sub-command per module in `btcstream.commands`.
+
+Each command module exposes `register(subparsers)`, which adds its parser and sets `func`
+(a callable taking the parsed args and the Settings and returning an exit code).
+Any `BtcstreamError` becomes one clear line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from btcstream.errors import BtcstreamError
+from btcstream.settings import load_settings
+
+# Add a command by writing btcstream/commands/<name>.py with register() and listing it here.
+COMMAND_MODULES = ("infra", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every registered sub-command."""
+    parser = argparse.ArgumentParser(prog="btcstream", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"btcstream.commands.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script and of `python -m btcstream`."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+    try:
+        settings = load_settings()
+        return int(args.func(args, settings) or 0)
+    except BtcstreamError as error:
+        print(f"btcstream: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,1 @@
+"""Sub-commands of the `btcstream` CLI, one module each (see btcstream.cli)."""

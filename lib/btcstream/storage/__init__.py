@@ -1,0 +1,1 @@
+"""Storage under the storage root: filesystems, the committed-file manifest, and readers."""
