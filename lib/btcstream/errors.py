@@ -34,3 +34,43 @@ class PortInUse(InfraError):
             f"{service} cannot start: port {port} is already in use by another program; "
             f"stop that program (see `ss -ltnp 'sport = :{port}'`) or point btcstream at it"
         )
+
+
+class StorageReadError(BtcstreamError):
+    """Stored data could not be read as asked (bad range, engine or storage root)."""
+
+
+class SourceError(BtcstreamError):
+    """A market-data API (Binance, CoinGecko) did not give a usable answer."""
+
+    def __init__(self, host: str, path: str, problem: str) -> None:
+        self.host = host
+        self.path = path
+        super().__init__(f"{host}{path}: {problem}")
+
+
+class RateLimited(SourceError):
+    """HTTP 429/418: the host must not be called again before `until` (from its Retry-After)."""
+
+    def __init__(self, host: str, path: str, status: int, retry_after_s: float, until: float) -> None:
+        self.status = status
+        self.retry_after_s = retry_after_s
+        self.until = until  # time.monotonic() before which the host is not called
+        kind = "banned this IP (418)" if status == 418 else "rate limit hit (429)"
+        super().__init__(host, path, f"{kind}; not calling this host for {retry_after_s:g} s (Retry-After)")
+
+
+class AccessDenied(SourceError):
+    """HTTP 451 or 403: the API refuses this client for a reason retrying cannot fix."""
+
+    def __init__(self, host: str, path: str, status: int, cause: str) -> None:
+        self.status = status
+        super().__init__(host, path, f"HTTP {status}: {cause}")
+
+
+class SourceUnavailable(SourceError):
+    """Server errors (5xx), timeouts or connection failures that outlasted every retry."""
+
+
+class BadResponse(SourceError):
+    """The answer was not the documented JSON (an HTML page, a wrong shape) or a 4xx request error."""

@@ -1,0 +1,248 @@
+"""Read raw ticks and hourly metrics from the storage root into pandas, for a time range and symbols.
+
+Three engines over the same committed files (`btcstream.storage.manifest.committed_files`, so a
+half-written or failed-batch file is never read):
+
+- ``pyarrow``: JVM-free; WebHDFS for ``hdfs://`` (through fsspec) or the local disk for ``file://``.
+- ``duckdb``: JVM-free, local files only (``file://``); faster than pyarrow on many small files.
+- ``spark``: for large scans and clusters (``btcstream.spark.spark_session``).
+
+``engine="auto"`` picks duckdb for ``file://`` and pyarrow for ``hdfs://``. Every engine prunes
+hive-style partitions (``date=YYYY-MM-DD`` and, if present, ``hour=H``) against the time range
+before opening a file, and returns the same frame: timestamps tz-aware UTC, ``date`` as an ISO
+string, ``hour`` as an int, rows sorted by symbol then time. Time ranges are ``[start, end)``.
+
+Not for: writing, or computing metrics (the streaming job does that; plots only draw).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from typing import Iterable, Literal, Sequence
+from urllib.parse import urlparse
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from btcstream.errors import StorageReadError
+from btcstream.settings import Settings
+from btcstream.storage.filesystem import storage_filesystem, storage_path
+from btcstream.storage.manifest import committed_files
+from btcstream.tick import FIELD_NAMES
+
+log = logging.getLogger(__name__)
+
+Engine = Literal["auto", "pyarrow", "duckdb", "spark"]
+ENGINES: tuple[str, ...] = ("auto", "pyarrow", "duckdb", "spark")
+
+RAW_DATASET = "raw_data"
+HOURLY_DATASET = "hourly_metrics"
+QUARANTINE_DATASET = "quarantine"
+
+HOURLY_COLUMNS: tuple[str, ...] = (
+    "symbol", "window_start", "window_end", "avg_price", "avg_spread", "avg_spread_bps",
+    "total_liquidity", "avg_liquidity", "realized_volatility", "high_price", "low_price",
+    "avg_volume_24h", "tick_count",
+)
+RAW_DERIVED_COLUMNS: tuple[str, ...] = (
+    "mid_price", "spread", "spread_bps", "top_of_book_liquidity", "spread_percentage", "range_24h_percentage",
+)
+RAW_COLUMNS: tuple[str, ...] = FIELD_NAMES + RAW_DERIVED_COLUMNS
+
+# The streaming job partitions by the UTC date (and maybe hour) of the row's time; a partition is
+# kept when its span, widened by this slack, overlaps the range, so a job that partitions hourly
+# rows by window_end instead of window_start still loses nothing.
+PARTITION_SLACK = timedelta(hours=1)
+_PARTITION_SEGMENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$")
+
+
+@dataclass(frozen=True)
+class TimeRange:
+    """A half-open UTC interval [start, end); None means unbounded on that side."""
+
+    start: datetime | None = None
+    end: datetime | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("start", "end"):
+            moment = getattr(self, name)
+            if moment is not None and moment.tzinfo is None:
+                raise StorageReadError(f"{name}={moment!r} is naive: pass a timezone-aware UTC datetime")
+        if self.start is not None and self.end is not None and self.end <= self.start:
+            raise StorageReadError(f"empty time range: end {self.end} is not after start {self.start}")
+
+    @classmethod
+    def last(cls, span: timedelta, now: datetime | None = None) -> "TimeRange":
+        """The range ending now (or at `now`) and lasting `span`."""
+        end = now or datetime.now(timezone.utc)
+        return cls(end - span, end)
+
+    def overlaps(self, start: datetime, end: datetime) -> bool:
+        """True when [start, end) meets this range."""
+        return (self.end is None or start < self.end) and (self.start is None or end > self.start)
+
+
+def read_hourly_metrics(settings: Settings, time_range: TimeRange = TimeRange(),
+                        symbols: Sequence[str] | None = None, engine: Engine = "auto") -> pd.DataFrame:
+    """Hourly metric rows whose `window_start` lies in `time_range`, for `symbols` (None: all)."""
+    return read_dataset(settings, HOURLY_DATASET, "window_start", time_range, symbols, engine,
+                        empty_columns=HOURLY_COLUMNS)
+
+
+def read_raw_ticks(settings: Settings, time_range: TimeRange = TimeRange(),
+                   symbols: Sequence[str] | None = None, engine: Engine = "auto") -> pd.DataFrame:
+    """Enriched ticks whose `event_time` lies in `time_range`, for `symbols` (None: all)."""
+    return read_dataset(settings, RAW_DATASET, "event_time", time_range, symbols, engine,
+                        empty_columns=RAW_COLUMNS)
+
+
+def read_dataset(settings: Settings, dataset: str, time_column: str | None,
+                 time_range: TimeRange = TimeRange(), symbols: Sequence[str] | None = None,
+                 engine: Engine = "auto", empty_columns: Sequence[str] = ()) -> pd.DataFrame:
+    """Rows of `<root>/<dataset>` in `time_range` (on `time_column`) for `symbols`, via `engine`."""
+    if engine not in ENGINES:
+        raise StorageReadError(f"unknown reader engine {engine!r}; expected one of {', '.join(ENGINES)}")
+    if engine == "auto":
+        engine = "duckdb" if settings.storage_scheme == "file" else "pyarrow"
+    if engine == "duckdb" and settings.storage_scheme != "file":
+        raise StorageReadError("the duckdb reader reads file:// storage only; use engine='pyarrow' or 'spark'")
+    files = committed_partition_files(settings, dataset, time_range)
+    log.debug("%s: %d committed files in range via %s", dataset, len(files), engine)
+    if not files:
+        frame = pd.DataFrame({name: pd.Series(dtype="object") for name in empty_columns})
+    elif engine == "pyarrow":
+        frame = _read_pyarrow(settings, dataset, files)
+    elif engine == "duckdb":
+        frame = _read_duckdb(settings, dataset, files)
+    else:
+        frame = _read_spark(settings, dataset, files)
+    return _select(normalise_frame(frame), time_column, time_range, symbols)
+
+
+def committed_partition_files(settings: Settings, dataset: str, time_range: TimeRange = TimeRange()) -> list[str]:
+    """Committed data files of `dataset` (paths without scheme) whose partitions meet `time_range`."""
+    fs = storage_filesystem(settings)
+    root = storage_path(settings, dataset)
+    return [path for path in committed_files(fs, root)
+            if _partition_in_range(partition_values(path, root), time_range)]
+
+
+def partition_values(path: str, dataset_root: str) -> dict[str, str]:
+    """The hive-style `key=value` directory segments between the dataset root and the file."""
+    relative = path[len(dataset_root.rstrip("/")) + 1:] if path.startswith(dataset_root.rstrip("/") + "/") else path
+    values: dict[str, str] = {}
+    for segment in relative.split("/")[:-1]:
+        match = _PARTITION_SEGMENT.match(segment)
+        if match:
+            values[match.group(1)] = match.group(2)
+    return values
+
+
+def _partition_in_range(values: dict[str, str], time_range: TimeRange) -> bool:
+    """Keep a partition unless its date (and hour) span provably misses the range."""
+    if "date" not in values or (time_range.start is None and time_range.end is None):
+        return True
+    try:
+        day = date.fromisoformat(values["date"])
+    except ValueError:
+        return True  # not a date we understand: read it rather than lose rows
+    start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+    span = timedelta(days=1)
+    if values.get("hour", "").isdigit():
+        start += timedelta(hours=int(values["hour"]))
+        span = timedelta(hours=1)
+    return time_range.overlaps(start - PARTITION_SLACK, start + span + PARTITION_SLACK)
+
+
+def _read_pyarrow(settings: Settings, dataset: str, files: list[str]) -> pd.DataFrame:
+    """Read each file with pyarrow through the storage filesystem and add its partition columns."""
+    fs = storage_filesystem(settings)
+    root = storage_path(settings, dataset)
+    tables = []
+    for path in files:
+        with fs.open(path, "rb") as handle:
+            table = pq.read_table(handle)
+        for key, value in partition_values(path, root).items():
+            if key not in table.column_names:
+                table = table.append_column(key, pa.array([value] * table.num_rows, pa.string()))
+        tables.append(table)
+    return pa.concat_tables(tables, promote_options="permissive").to_pandas()
+
+
+def _read_duckdb(settings: Settings, dataset: str, files: list[str]) -> pd.DataFrame:
+    """One DuckDB scan over the local files, hive partition columns included."""
+    import duckdb
+
+    connection = duckdb.connect()
+    try:
+        connection.execute("SET TimeZone = 'UTC'")
+        return connection.execute(
+            "SELECT * FROM read_parquet(?, hive_partitioning = true, hive_types_autocast = false, union_by_name = true)",
+            [files]).df()
+    finally:
+        connection.close()
+
+
+def _read_spark(settings: Settings, dataset: str, files: list[str]) -> pd.DataFrame:
+    """Spark reads exactly the committed files; `basePath` keeps the partition columns."""
+    from btcstream.spark import spark_session
+
+    spark = spark_session(settings, "btcstream-reader", with_kafka=False)
+    root_url = urlparse(settings.storage_root)
+    urls = [f"{root_url.scheme}://{root_url.netloc}{path}" for path in files]
+    frame = (spark.read.option("basePath", settings.storage_url(dataset))
+             .option("mergeSchema", "true").parquet(*urls))
+    return frame.toPandas()
+
+
+def normalise_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every timestamp tz-aware UTC, `date` an ISO string, `hour` an int, whatever engine read it."""
+    frame = frame.copy()
+    for name in frame.columns:
+        column = frame[name]
+        if isinstance(column.dtype, pd.DatetimeTZDtype):
+            frame[name] = column.dt.tz_convert("UTC")
+        elif pd.api.types.is_datetime64_dtype(column.dtype):
+            # Spark's TIMESTAMP is an instant; Parquet INT96/naive values are UTC.
+            frame[name] = column.dt.tz_localize("UTC")
+    if "date" in frame.columns:
+        frame["date"] = frame["date"].map(_iso_date)
+    if "hour" in frame.columns and len(frame):
+        frame["hour"] = pd.to_numeric(frame["hour"]).astype("int64")
+    return frame
+
+
+def _iso_date(value: object) -> object:
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return None
+    if isinstance(value, (datetime, pd.Timestamp)):
+        return value.date().isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    return str(value)
+
+
+def _select(frame: pd.DataFrame, time_column: str | None, time_range: TimeRange,
+            symbols: Sequence[str] | None) -> pd.DataFrame:
+    """Rows in the range and symbols, sorted by symbol then time."""
+    if len(frame) and time_column and time_column in frame.columns:
+        times = frame[time_column]
+        if time_range.start is not None:
+            frame = frame[times >= pd.Timestamp(time_range.start)]
+            times = frame[time_column]
+        if time_range.end is not None:
+            frame = frame[times < pd.Timestamp(time_range.end)]
+    if symbols is not None and "symbol" in frame.columns:
+        frame = frame[frame["symbol"].isin(_upper(symbols))]
+    order = [name for name in ("symbol", time_column) if name and name in frame.columns]
+    if order and len(frame):
+        frame = frame.sort_values(order, kind="stable")
+    return frame.reset_index(drop=True)
+
+
+def _upper(symbols: Iterable[str]) -> list[str]:
+    return [symbol.strip().upper() for symbol in symbols]

@@ -1,0 +1,188 @@
+"""Readers: committed files only, partition pruning, UTC timestamps, same frame from every engine."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from btcstream.errors import StorageReadError
+from btcstream.settings import Settings
+from btcstream.storage.readers import (
+    HOURLY_COLUMNS,
+    TimeRange,
+    committed_partition_files,
+    partition_values,
+    read_hourly_metrics,
+    read_raw_ticks,
+)
+
+T0 = datetime(2025, 2, 14, 21, tzinfo=timezone.utc)
+
+
+def hourly_frame(hours: int = 6, symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT")) -> pd.DataFrame:
+    """Hourly rows across midnight for several symbols, with distinct values to compare."""
+    rows = []
+    for s, symbol in enumerate(symbols):
+        for h in range(hours):
+            start = T0 + timedelta(hours=h)
+            price = 97000.0 + 10 * h if s == 0 else 2700.0 + h
+            rows.append({
+                "symbol": symbol, "window_start": start, "window_end": start + timedelta(hours=1),
+                "avg_price": price, "avg_spread": 0.01 * (h + 1), "avg_spread_bps": 0.01 * (h + 1) / price * 1e4,
+                "total_liquidity": 1e6 * (h + 1), "avg_liquidity": 1e4 * (h + 1),
+                "realized_volatility": 0.001 * (h + 1) * (s + 1), "high_price": price + 50, "low_price": price - 50,
+                "avg_volume_24h": 18000.0 + h, "tick_count": 60 + h,
+            })
+    return pd.DataFrame(rows)
+
+
+def write_file_sink(dataset: Path, frame: pd.DataFrame, time_column: str, *, by_hour: bool = False,
+                    naive_timestamps: bool = True, uncommitted: pd.DataFrame | None = None) -> list[Path]:
+    """Write `frame` as a Spark file sink would: hive partitions, then a `_spark_metadata/0` log.
+
+    `uncommitted` rows go to a data file that the log does not list (a half-written batch).
+    """
+    written: list[Path] = []
+
+    def write(rows: pd.DataFrame, tag: str) -> list[Path]:
+        paths = []
+        rows = rows.copy()
+        rows["date"] = rows[time_column].dt.strftime("%Y-%m-%d")
+        rows["hour"] = rows[time_column].dt.hour
+        keys = ["date", "hour"] if by_hour else ["date"]
+        for values, part in rows.groupby(keys):
+            values = values if isinstance(values, tuple) else (values,)
+            directory = dataset.joinpath(*(f"{k}={v}" for k, v in zip(keys, values)))
+            directory.mkdir(parents=True, exist_ok=True)
+            data = part.drop(columns=["date", "hour"])
+            path = directory / f"part-{tag}-{len(paths):05d}.snappy.parquet"
+            # As Spark writes them: INT96 by default, else microseconds adjusted to UTC.
+            pq.write_table(pa.Table.from_pandas(data, preserve_index=False), path,
+                           use_deprecated_int96_timestamps=naive_timestamps, coerce_timestamps=None if naive_timestamps else "us")
+            paths.append(path)
+        return paths
+
+    written = write(frame, "committed")
+    if uncommitted is not None:
+        write(uncommitted, "halfwritten")
+    log = dataset / "_spark_metadata"
+    log.mkdir(parents=True, exist_ok=True)
+    lines = ["v1"] + [json.dumps({"path": f"file://{p}", "size": p.stat().st_size, "isDir": False,
+                                  "modificationTime": 0, "blockReplication": 1, "blockSize": 1,
+                                  "action": "add"}) for p in written]
+    (log / "0").write_text("\n".join(lines) + "\n")
+    return written
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(storage_root=f"file://{tmp_path}/store", spark_master="local[2]")
+
+
+def expected(frame: pd.DataFrame, time_range: TimeRange, symbols=None) -> pd.DataFrame:
+    rows = frame
+    if time_range.start is not None:
+        rows = rows[rows["window_start"] >= time_range.start]
+    if time_range.end is not None:
+        rows = rows[rows["window_start"] < time_range.end]
+    if symbols is not None:
+        rows = rows[rows["symbol"].isin(symbols)]
+    return rows.sort_values(["symbol", "window_start"]).reset_index(drop=True)
+
+
+@pytest.mark.parametrize("engine", ["pyarrow", "duckdb"])
+@pytest.mark.parametrize("naive", [True, False])
+def test_hourly_metrics_read_back_exactly_in_utc(settings: Settings, tmp_path: Path, engine: str, naive: bool) -> None:
+    frame = hourly_frame()
+    write_file_sink(tmp_path / "store/hourly_metrics", frame, "window_start", naive_timestamps=naive)
+
+    got = read_hourly_metrics(settings, engine=engine)
+
+    assert str(got["window_start"].dt.tz) == "UTC" and str(got["window_end"].dt.tz) == "UTC"
+    assert set(got["date"]) == {"2025-02-14", "2025-02-15"}
+    pd.testing.assert_frame_equal(got[list(HOURLY_COLUMNS)], expected(frame, TimeRange()), check_dtype=False)
+
+
+@pytest.mark.parametrize("engine", ["pyarrow", "duckdb"])
+def test_half_written_files_are_never_read(settings: Settings, tmp_path: Path, engine: str) -> None:
+    frame = hourly_frame(hours=3)
+    ghost = hourly_frame(hours=3).assign(avg_price=-1.0)
+    write_file_sink(tmp_path / "store/hourly_metrics", frame, "window_start", uncommitted=ghost)
+    assert len(list((tmp_path / "store/hourly_metrics").rglob("*.parquet"))) > len(
+        committed_partition_files(settings, "hourly_metrics"))
+
+    got = read_hourly_metrics(settings, engine=engine)
+
+    assert len(got) == len(frame) and (got["avg_price"] > 0).all()
+
+
+@pytest.mark.parametrize("engine", ["pyarrow", "duckdb"])
+def test_time_range_and_symbols_select_rows(settings: Settings, tmp_path: Path, engine: str) -> None:
+    frame = hourly_frame(hours=8)
+    write_file_sink(tmp_path / "store/hourly_metrics", frame, "window_start")
+    window = TimeRange(T0 + timedelta(hours=2), T0 + timedelta(hours=5))
+
+    got = read_hourly_metrics(settings, window, symbols=["ethusdt"], engine=engine)
+
+    pd.testing.assert_frame_equal(got[list(HOURLY_COLUMNS)], expected(frame, window, ["ETHUSDT"]),
+                                  check_dtype=False)
+
+
+def test_partitions_outside_the_range_are_not_opened(settings: Settings, tmp_path: Path) -> None:
+    frame = hourly_frame(hours=30, symbols=("BTCUSDT",))  # 2025-02-14 21:00 .. 2025-02-16 02:00
+    write_file_sink(tmp_path / "store/raw_data", frame.rename(columns={"window_start": "event_time"}),
+                    "event_time", by_hour=True)
+    window = TimeRange(datetime(2025, 2, 15, 10, tzinfo=timezone.utc), datetime(2025, 2, 15, 12, tzinfo=timezone.utc))
+
+    files = committed_partition_files(settings, "raw_data", window)
+    hours = sorted(int(partition_values(f, str(tmp_path / "store/raw_data"))["hour"]) for f in files)
+
+    assert hours == [9, 10, 11, 12]  # the two hours plus one hour of slack either side
+    got = read_raw_ticks(settings, window)
+    assert list(got["event_time"]) == [pd.Timestamp("2025-02-15 10:00", tz="UTC"),
+                                       pd.Timestamp("2025-02-15 11:00", tz="UTC")]
+    assert list(got["hour"]) == [10, 11]
+
+
+def test_partition_values_parses_hive_segments() -> None:
+    assert partition_values("/r/raw_data/date=2025-02-14/hour=7/part-0.parquet", "/r/raw_data") == {
+        "date": "2025-02-14", "hour": "7"}
+    assert partition_values("/r/raw_data/part-0.parquet", "/r/raw_data") == {}
+
+
+def test_missing_dataset_gives_empty_frame_with_columns(settings: Settings) -> None:
+    got = read_hourly_metrics(settings)
+    assert got.empty and list(got.columns) == list(HOURLY_COLUMNS)
+
+
+def test_naive_or_reversed_ranges_are_refused() -> None:
+    with pytest.raises(StorageReadError):
+        TimeRange(datetime(2025, 1, 1))
+    with pytest.raises(StorageReadError):
+        TimeRange(T0, T0 - timedelta(hours=1))
+
+
+def test_duckdb_refuses_hdfs() -> None:
+    with pytest.raises(StorageReadError):
+        read_hourly_metrics(Settings(storage_root="hdfs://localhost:1/x"), engine="duckdb")
+
+
+def test_spark_engine_reads_the_same_committed_rows(settings: Settings, tmp_path: Path) -> None:
+    frame = hourly_frame(hours=4)
+    ghost = hourly_frame(hours=4).assign(avg_price=-1.0)
+    write_file_sink(tmp_path / "store/hourly_metrics", frame, "window_start", uncommitted=ghost)
+
+    got = read_hourly_metrics(settings, TimeRange(T0 + timedelta(hours=1)), engine="spark")
+    reference = read_hourly_metrics(settings, TimeRange(T0 + timedelta(hours=1)), engine="pyarrow")
+
+    assert str(got["window_start"].dt.tz) == "UTC"
+    pd.testing.assert_frame_equal(got[reference.columns.tolist()], reference, check_dtype=False)
+    assert not math.isclose(got["avg_price"].min(), -1.0) and np.isfinite(got["realized_volatility"]).all()
