@@ -1,0 +1,183 @@
+"""Plotly figures and a summary table of hourly metrics: what the notebooks and the report show.
+
+Every function takes the frame a reader returns (`btcstream.storage.readers`) and only draws it:
+the numbers are computed by the streaming job, so what a chart shows is exactly what is stored.
+Several symbols share a figure, each in one colour across every figure; time axes are UTC.
+Not for: reading data or computing metrics.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+TEMPLATE = "plotly_white"
+PALETTE: tuple[str, ...] = ("#f7931a", "#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+TIME_AXIS_TITLE = "hour (UTC)"
+HOURLY_REQUIRED = ("symbol", "window_start")
+
+
+def symbol_colors(symbols: Sequence[str]) -> dict[str, str]:
+    """One stable colour per symbol (sorted, so BTCUSDT keeps its colour whatever else is plotted)."""
+    return {symbol: PALETTE[i % len(PALETTE)] for i, symbol in enumerate(sorted(set(symbols)))}
+
+
+def hourly_spread_volatility(hourly: pd.DataFrame) -> go.Figure:
+    """Three stacked panels over time: mean spread (quote currency), mean spread (bps), realized volatility."""
+    panels = (("avg_spread", "spread (quote ccy)", None), ("avg_spread_bps", "spread (bps)", None),
+              ("realized_volatility", "realized vol (hourly)", ".3%"))
+    figure = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06,
+                           subplot_titles=("Mean bid-ask spread per hour", "Mean spread in basis points",
+                                           "Realized volatility of the mid, per hour"))
+    _time_lines(figure, hourly, panels)
+    figure.update_layout(title="Hourly spread and realized volatility", height=760)
+    return _finish(figure, rows=3)
+
+
+def price_band(hourly: pd.DataFrame) -> go.Figure:
+    """Per symbol, the hourly mean mid price inside the band of that hour's low and high mid."""
+    _require(hourly, ("avg_price", "high_price", "low_price"))
+    symbols = sorted(hourly["symbol"].unique())
+    figure = make_subplots(rows=max(len(symbols), 1), cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                           subplot_titles=[f"{s}: mean mid with hourly low-high band" for s in symbols] or None)
+    colors = symbol_colors(symbols)
+    for row, (symbol, rows) in enumerate(_by_symbol(hourly), start=1):
+        x = rows["window_start"]
+        band = dict(mode="lines", line=dict(width=0), legendgroup=symbol, hoverinfo="x+y")
+        figure.add_trace(go.Scatter(x=x, y=rows["high_price"], name=f"{symbol} high", showlegend=False, **band),
+                         row=row, col=1)
+        figure.add_trace(go.Scatter(x=x, y=rows["low_price"], name=f"{symbol} low-high", fill="tonexty",
+                                    fillcolor=_transparent(colors[symbol]), **band), row=row, col=1)
+        figure.add_trace(go.Scatter(x=x, y=rows["avg_price"], name=f"{symbol} mean mid", mode="lines+markers",
+                                    line=dict(color=colors[symbol], width=2), marker=dict(size=4),
+                                    legendgroup=symbol), row=row, col=1)
+        figure.update_yaxes(title_text="mid price (quote ccy)", row=row, col=1)
+    figure.update_layout(title="Mid price with the hourly high/low band", height=max(380, 320 * len(symbols)))
+    return _finish(figure, rows=max(len(symbols), 1))
+
+
+def liquidity_volume(hourly: pd.DataFrame) -> go.Figure:
+    """Mean top-of-book liquidity (quote currency) and mean 24 h base volume per hour."""
+    panels = (("avg_liquidity", "top-of-book liquidity (quote ccy)", None),
+              ("avg_volume_24h", "24 h volume (base asset)", None))
+    figure = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                           subplot_titles=("Mean top-of-book liquidity: bid_price*bid_qty + ask_price*ask_qty",
+                                           "Mean rolling 24 h traded volume"))
+    _time_lines(figure, hourly, panels)
+    figure.update_layout(title="Liquidity and 24 h volume", height=600)
+    return _finish(figure, rows=2)
+
+
+def spread_vs_volatility(hourly: pd.DataFrame) -> go.Figure:
+    """One point per (symbol, hour): realized volatility against mean spread in bps."""
+    _require(hourly, ("avg_spread_bps", "realized_volatility"))
+    figure = go.Figure()
+    colors = symbol_colors(hourly["symbol"].unique())
+    for symbol, rows in _by_symbol(hourly):
+        figure.add_trace(go.Scatter(
+            x=rows["realized_volatility"], y=rows["avg_spread_bps"], mode="markers", name=symbol,
+            marker=dict(color=colors[symbol], size=8, opacity=0.75),
+            customdata=rows["window_start"].dt.strftime("%Y-%m-%d %H:%M UTC"),
+            hovertemplate="%{customdata}<br>volatility %{x:.4%}<br>spread %{y:.3f} bps<extra>" + symbol + "</extra>"))
+    figure.update_layout(title="Spread versus realized volatility (one point per hour)", template=TEMPLATE,
+                         xaxis_title="realized volatility (hourly)", yaxis_title="mean spread (bps)",
+                         xaxis_tickformat=".2%", height=480, legend_title_text="symbol")
+    return figure
+
+
+def summary_table(hourly: pd.DataFrame) -> pd.DataFrame:
+    """Per symbol: hours covered, first/last hour, ticks, and mean/max of spread and volatility."""
+    _require(hourly, ("avg_spread", "avg_spread_bps", "realized_volatility", "high_price", "low_price", "tick_count"))
+    if hourly.empty:
+        return pd.DataFrame(columns=["hours", "first_hour_utc", "last_hour_utc", "ticks", "mean_spread",
+                                     "mean_spread_bps", "max_spread_bps", "mean_volatility", "max_volatility",
+                                     "low_price", "high_price"])
+    grouped = hourly.groupby("symbol")
+    table = pd.DataFrame({
+        "hours": grouped["window_start"].count(),
+        "first_hour_utc": grouped["window_start"].min(),
+        "last_hour_utc": grouped["window_start"].max(),
+        "ticks": grouped["tick_count"].sum(),
+        "mean_spread": grouped["avg_spread"].mean(),
+        "mean_spread_bps": grouped["avg_spread_bps"].mean(),
+        "max_spread_bps": grouped["avg_spread_bps"].max(),
+        "mean_volatility": grouped["realized_volatility"].mean(),
+        "max_volatility": grouped["realized_volatility"].max(),
+        "low_price": grouped["low_price"].min(),
+        "high_price": grouped["high_price"].max(),
+    })
+    return table
+
+
+def style_summary(table: pd.DataFrame) -> Any:
+    """The summary table formatted for a notebook or HTML report (a pandas Styler)."""
+    return table.style.format({
+        "first_hour_utc": "{:%Y-%m-%d %H:%M}", "last_hour_utc": "{:%Y-%m-%d %H:%M}", "ticks": "{:,.0f}",
+        "mean_spread": "{:.4f}", "mean_spread_bps": "{:.3f}", "max_spread_bps": "{:.3f}",
+        "mean_volatility": "{:.3%}", "max_volatility": "{:.3%}", "low_price": "{:,.2f}", "high_price": "{:,.2f}",
+    }).set_caption("Hourly metrics per symbol (spread in quote currency and bps; volatility per hour)")
+
+
+def minute_spread_volatility(minutes: pd.DataFrame) -> go.Figure:
+    """Per-minute mean spread (bps) and volatility from a streaming query (columns: symbol, minute, ...)."""
+    _require(minutes, ("symbol", "minute", "avg_spread_bps", "realized_volatility"), base=())
+    figure = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                           subplot_titles=("Mean spread per minute (bps)", "Realized volatility per minute"))
+    colors = symbol_colors(minutes["symbol"].unique())
+    for symbol, rows in minutes.sort_values("minute").groupby("symbol", sort=True):
+        for row, column in ((1, "avg_spread_bps"), (2, "realized_volatility")):
+            figure.add_trace(go.Scatter(x=rows["minute"], y=rows[column], name=symbol, mode="lines+markers",
+                                        line=dict(color=colors[symbol]), legendgroup=symbol, showlegend=row == 1),
+                             row=row, col=1)
+    figure.update_yaxes(title_text="spread (bps)", row=1, col=1)
+    figure.update_yaxes(title_text="realized vol", tickformat=".3%", row=2, col=1)
+    figure.update_layout(title="Streaming: per-minute spread and volatility", height=560)
+    figure.update_xaxes(title_text="minute (UTC)", row=2, col=1)
+    figure.update_layout(template=TEMPLATE, hovermode="x unified")
+    return figure
+
+
+def trace_values(values: Any) -> np.ndarray:
+    """The numbers behind a trace's x or y, whether plotly keeps them as a list, an array or base64 `bdata`."""
+    if isinstance(values, dict) and "bdata" in values:
+        array = np.frombuffer(base64.b64decode(values["bdata"]), dtype=np.dtype(values["dtype"]))
+        return array.reshape(values["shape"]) if "shape" in values and isinstance(values["shape"], (list, tuple)) else array
+    return np.asarray(values)
+
+
+def _time_lines(figure: go.Figure, hourly: pd.DataFrame, panels: Sequence[tuple[str, str, str | None]]) -> None:
+    """One line per symbol in each panel (column, y title, tick format), one legend entry per symbol."""
+    _require(hourly, tuple(column for column, _, _ in panels))
+    colors = symbol_colors(hourly["symbol"].unique())
+    for row, (column, title, tick_format) in enumerate(panels, start=1):
+        for symbol, rows in _by_symbol(hourly):
+            figure.add_trace(go.Scatter(x=rows["window_start"], y=rows[column], name=symbol, mode="lines+markers",
+                                        line=dict(color=colors[symbol], width=2), marker=dict(size=4),
+                                        legendgroup=symbol, showlegend=row == 1), row=row, col=1)
+        figure.update_yaxes(title_text=title, tickformat=tick_format, row=row, col=1)
+
+
+def _by_symbol(hourly: pd.DataFrame):
+    return hourly.sort_values(["symbol", "window_start"]).groupby("symbol", sort=True)
+
+
+def _finish(figure: go.Figure, rows: int) -> go.Figure:
+    figure.update_xaxes(title_text=TIME_AXIS_TITLE, row=rows, col=1)
+    figure.update_layout(template=TEMPLATE, hovermode="x unified", legend_title_text="symbol")
+    return figure
+
+
+def _transparent(hex_color: str, alpha: float = 0.2) -> str:
+    red, green, blue = (int(hex_color[i:i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({red},{green},{blue},{alpha})"
+
+
+def _require(frame: pd.DataFrame, columns: Sequence[str], base: Sequence[str] = HOURLY_REQUIRED) -> None:
+    missing = [c for c in (*base, *columns) if c not in frame.columns]
+    if missing:
+        raise ValueError(f"frame lacks columns {missing}; has {list(frame.columns)}")
