@@ -1,0 +1,110 @@
+"""Kafka rows -> typed, valid ticks and quarantined records (with the reason they were refused).
+
+Input: the columns of Spark's Kafka source (`key, value, topic, partition, offset, timestamp`).
+A record is quarantined, never dropped, when its value is not a JSON object of the tick schema,
+its schema version is unknown, its symbol or event_time is missing/unparseable, a price is
+missing, not finite or <= 0, a quantity is negative or not finite, or the ask is below the bid.
+Not for: deduplication or lateness (the job does those with the watermark).
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql.types import StringType, StructField, TimestampType
+
+from btcstream import tick
+
+CORRUPT_COLUMN = "_corrupt_record"
+PRICE_FIELDS = ("bid_price", "ask_price")
+QUANTITY_FIELDS = ("bid_qty", "ask_qty")
+
+# Reasons, in the order they are checked (the first that applies is recorded).
+UNPARSEABLE = "unparseable JSON"
+UNKNOWN_SCHEMA_VERSION = "unknown schema version"
+MISSING_SYMBOL = "missing symbol"
+BAD_EVENT_TIME = "missing or unparseable event_time"
+MISSING_PRICE = "missing price"
+BAD_PRICE = "price not finite or <= 0"
+BAD_QUANTITY = "quantity not finite or < 0"
+CROSSED_BOOK = "ask below bid"
+
+QUARANTINE_COLUMNS = ("value", "reason", "topic", "partition", "offset", "kafka_timestamp", "detected_at")
+
+
+def _json_schema():
+    """The tick schema plus a column that receives the raw text of a malformed record."""
+    schema = tick.spark_schema()
+    return schema.add(StructField(CORRUPT_COLUMN, StringType(), True))
+
+
+def _not_finite(column: Column) -> Column:
+    return F.isnan(column) | column.isin(float("inf"), float("-inf"))
+
+
+def _reason(parsed: Column, event_time: Column) -> Column:
+    """The first reason a parsed record is refused, or null when it is a valid tick."""
+    checks: list[tuple[Column, str]] = [
+        (parsed.isNull() | parsed[CORRUPT_COLUMN].isNotNull(), UNPARSEABLE),
+        (parsed["schema_version"].isNull()
+         | ~parsed["schema_version"].isin(*sorted(tick.SUPPORTED_SCHEMA_VERSIONS)), UNKNOWN_SCHEMA_VERSION),
+        (parsed["symbol"].isNull() | (F.trim(parsed["symbol"]) == ""), MISSING_SYMBOL),
+        (event_time.isNull(), BAD_EVENT_TIME),
+        (parsed["bid_price"].isNull() | parsed["ask_price"].isNull(), MISSING_PRICE),
+    ]
+    for name in PRICE_FIELDS:
+        checks.append((_not_finite(parsed[name]) | (parsed[name] <= 0), BAD_PRICE))
+    for name in QUANTITY_FIELDS:
+        checks.append((parsed[name].isNotNull() & (_not_finite(parsed[name]) | (parsed[name] < 0)), BAD_QUANTITY))
+    checks.append((parsed["ask_price"] < parsed["bid_price"], CROSSED_BOOK))
+    reason = F.when(checks[0][0], F.lit(checks[0][1]))
+    for condition, text in checks[1:]:
+        reason = reason.when(condition, F.lit(text))
+    return reason
+
+
+def _timestamp(text: Column) -> Column:
+    """ISO-8601 with offset -> TimestampType (UTC instant); null (never an error) when unparseable."""
+    return text.try_cast(TimestampType())
+
+
+def classify(kafka_rows: DataFrame) -> DataFrame:
+    """Kafka rows with the parsed tick (`tick` struct), its typed `event_time` and the refusal `reason`."""
+    value = F.col("value").cast("string")
+    parsed = F.from_json(value, _json_schema(), {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT_COLUMN})
+    with_tick = kafka_rows.select(
+        value.alias("value"), "topic", "partition", "offset", F.col("timestamp").alias("kafka_timestamp"),
+        parsed.alias("tick"),
+    )
+    event_time = _timestamp(F.col("tick.event_time"))
+    return (with_tick.withColumn("event_time", event_time)
+            .withColumn("reason", _reason(F.col("tick"), F.col("event_time"))))
+
+
+def valid_ticks(classified: DataFrame) -> DataFrame:
+    """Typed ticks (every tick field; times as UTC timestamps) from rows `classify` accepted."""
+    columns = []
+    for name in tick.FIELD_NAMES:
+        if name == "event_time":
+            columns.append(F.col("event_time"))
+        elif name in tick.TIME_FIELDS:
+            columns.append(_timestamp(F.col(f"tick.{name}")).alias(name))
+        elif name == "symbol":
+            columns.append(F.upper(F.trim(F.col("tick.symbol"))).alias("symbol"))
+        else:
+            columns.append(F.col(f"tick.{name}").alias(name))
+    return classified.where(F.col("reason").isNull()).select(*columns)
+
+
+def quarantined(classified: DataFrame) -> DataFrame:
+    """Refused records: raw value, reason, Kafka coordinates and when the job refused them."""
+    return classified.where(F.col("reason").isNotNull()).select(
+        "value", "reason", "topic", "partition", "offset", "kafka_timestamp",
+        F.current_timestamp().alias("detected_at"),
+    )
+
+
+def split(kafka_rows: DataFrame) -> tuple[DataFrame, DataFrame]:
+    """(valid ticks, quarantined records) of a Kafka-shaped DataFrame, static or streaming."""
+    classified = classify(kafka_rows)
+    return valid_ticks(classified), quarantined(classified)
