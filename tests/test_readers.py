@@ -186,3 +186,21 @@ def test_spark_engine_reads_the_same_committed_rows(settings: Settings, tmp_path
     assert str(got["window_start"].dt.tz) == "UTC"
     pd.testing.assert_frame_equal(got[reference.columns.tolist()], reference, check_dtype=False)
     assert not math.isclose(got["avg_price"].min(), -1.0) and np.isfinite(got["realized_volatility"]).all()
+
+
+def test_data_command_lists_committed_state_and_prints_rows(settings: Settings, tmp_path: Path, capsys,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from btcstream.cli import main
+    from btcstream.commands.data import list_lines
+
+    frame = hourly_frame(hours=3)
+    write_file_sink(tmp_path / "store/hourly_metrics", frame, "window_start", uncommitted=frame.head(1))
+    lines = list_lines(settings, "hourly_metrics/date=2025-02-14")
+    assert sum("UNCOMMITTED" in line for line in lines) == 1 and sum(" committed " in line for line in lines) == 1
+
+    monkeypatch.setenv("BTCSTREAM_STORAGE_ROOT", settings.storage_root)
+    assert main(["data", "hourly", "--symbols", "ETHUSDT", "--last", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "2025-02-14 22:00:00+00:00" in out and "2025-02-14 21:00:00+00:00" not in out and "BTCUSDT" not in out
+    assert main(["data", "head", "hourly_metrics", "-n", "1"]) == 0
+    assert "2025-02-14 21:00:00+00:00" in capsys.readouterr().out

@@ -112,15 +112,24 @@ def read_dataset(settings: Settings, dataset: str, time_column: str | None,
         raise StorageReadError("the duckdb reader reads file:// storage only; use engine='pyarrow' or 'spark'")
     files = committed_partition_files(settings, dataset, time_range)
     log.debug("%s: %d committed files in range via %s", dataset, len(files), engine)
+    frame = read_files(settings, dataset, files, engine, empty_columns)
+    return _select(frame, time_column, time_range, symbols)
+
+
+def read_files(settings: Settings, dataset: str, files: Sequence[str], engine: Engine = "auto",
+               empty_columns: Sequence[str] = ()) -> pd.DataFrame:
+    """Exactly these files of `<root>/<dataset>` (from `committed_partition_files`), normalised."""
+    if engine == "auto":
+        engine = "duckdb" if settings.storage_scheme == "file" else "pyarrow"
     if not files:
         frame = pd.DataFrame({name: pd.Series(dtype="object") for name in empty_columns})
     elif engine == "pyarrow":
-        frame = _read_pyarrow(settings, dataset, files)
+        frame = _read_pyarrow(settings, dataset, list(files))
     elif engine == "duckdb":
-        frame = _read_duckdb(settings, dataset, files)
+        frame = _read_duckdb(settings, dataset, list(files))
     else:
-        frame = _read_spark(settings, dataset, files)
-    return _select(normalise_frame(frame), time_column, time_range, symbols)
+        frame = _read_spark(settings, dataset, list(files))
+    return normalise_frame(frame)
 
 
 def committed_partition_files(settings: Settings, dataset: str, time_range: TimeRange = TimeRange()) -> list[str]:
@@ -129,6 +138,15 @@ def committed_partition_files(settings: Settings, dataset: str, time_range: Time
     root = storage_path(settings, dataset)
     return [path for path in committed_files(fs, root)
             if _partition_in_range(partition_values(path, root), time_range)]
+
+
+def chronological(files: Sequence[str], dataset_root: str) -> list[str]:
+    """Files ordered by their date and hour partitions (hour 9 before hour 10), then by name."""
+    def key(path: str) -> tuple:
+        values = partition_values(path, dataset_root)
+        hour = values.get("hour", "")
+        return values.get("date", ""), int(hour) if hour.isdigit() else -1, path
+    return sorted(files, key=key)
 
 
 def partition_values(path: str, dataset_root: str) -> dict[str, str]:
