@@ -1,0 +1,67 @@
+"""`btcstream exchange`: run the local exchange (Binance + CoinGecko endpoints replaying real history).
+
+On start it prints one JSON line on stdout with the two base URLs, e.g.
+`{"binance_url": "http://127.0.0.1:8080", "coingecko_url": "http://127.0.0.1:8081/api/v3"}`;
+point the producer at them with BTCSTREAM_BINANCE_URL / BTCSTREAM_COINGECKO_URL. Stops on SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from datetime import datetime
+from types import FrameType
+
+from btcstream.errors import BtcstreamError
+from btcstream.exchange import Fault, start_exchange
+from btcstream.exchange.faults import FAULT_KINDS
+from btcstream.settings import Settings
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = subparsers.add_parser("exchange", help="serve Binance/CoinGecko endpoints from real kline history",
+                                   description=__doc__)
+    parser.add_argument("--history", action="append", default=[], metavar="SYMBOL=CSV",
+                        help="a Binance kline CSV to replay for SYMBOL (repeatable; default: the shipped BTCUSDT hourly history)")
+    parser.add_argument("--speed", type=float, default=1.0, help="simulated seconds per wall second (3600: an hour per second)")
+    parser.add_argument("--start", type=datetime.fromisoformat, default=None,
+                        help="simulated start time, ISO-8601 with zone (default: one day into the history)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080, help="Binance port (0: any free port)")
+    parser.add_argument("--coingecko-port", type=int, default=8081, help="CoinGecko port (0: any free port)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic intra-hour paths")
+    parser.add_argument("--fault", action="append", default=[], metavar="KIND[:PROBABILITY]",
+                        help=f"inject a fault on a share of requests, repeatable; kinds: {', '.join(FAULT_KINDS)}")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    history = {}
+    for item in args.history:
+        symbol, sep, path = item.partition("=")
+        if not sep or not symbol or not path:
+            raise BtcstreamError(f"--history {item!r}: expected SYMBOL=path/to/klines.csv")
+        history[symbol.strip().upper()] = path.strip()
+    exchange = start_exchange(history or None, speed=args.speed, start=args.start, seed=args.seed,
+                              host=args.host, binance_port=args.port, coingecko_port=args.coingecko_port)
+    for spec in args.fault:
+        kind, _, probability = spec.partition(":")
+        exchange.inject(Fault(kind=kind, count=None, probability=float(probability or 1.0),
+                              field="bidPrice" if kind in ("null_field", "missing_field") else None))
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    print(json.dumps({"binance_url": exchange.binance_url, "coingecko_url": exchange.coingecko_url}), flush=True)
+    try:
+        stop.wait()
+    finally:
+        exchange.stop()
+    print(json.dumps(exchange.state()["requests"]), file=sys.stderr)
+    return 0

@@ -1,0 +1,102 @@
+"""The local exchange (`btcstream exchange`): Binance and CoinGecko endpoints replaying real history.
+
+Start one in-process (`start_exchange`) or as a child process (`spawn_exchange`); both give the two
+base URLs to point the producer at (`exchange.settings_for(settings)`). Example, in a notebook:
+
+    from btcstream.exchange import start_exchange
+    with start_exchange(speed=3600) as exchange:        # an hour of history per second
+        run_producer(exchange.settings_for(settings), source="replay", max_polls=60)
+
+Not for: production data. Prices are real hourly bars with synthetic paths inside each hour.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from btcstream.errors import BtcstreamError
+from btcstream.exchange.faults import Fault
+from btcstream.exchange.history import DEFAULT_SYMBOL, History, default_history_path, load_history
+from btcstream.exchange.market import DAY_MS, ReplayMarket, SimulatedClock
+from btcstream.exchange.server import ExchangeServer
+from btcstream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SPAWN_READY_TIMEOUT_S = 60.0
+__all__ = ["ExchangeServer", "ExchangeProcess", "Fault", "build_market", "start_exchange", "spawn_exchange"]
+
+
+def build_market(history: Mapping[str, Path | str] | None = None, speed: float = 1.0,
+                 start: datetime | None = None, seed: int = 0) -> ReplayMarket:
+    """A ReplayMarket from `{symbol: kline CSV}` (default: the shipped BTCUSDT hourly history).
+
+    The clock starts at `start` (aware UTC) or one day into the history, so 24 h statistics are whole.
+    """
+    sources = dict(history) if history else {DEFAULT_SYMBOL: default_history_path()}
+    histories: dict[str, History] = {symbol.upper(): load_history(path, symbol) for symbol, path in sources.items()}
+    if start is not None and start.tzinfo is None:
+        raise BtcstreamError(f"replay start {start!r} has no time zone: give it in UTC, e.g. 2021-05-19T00:00:00+00:00")
+    first = min(h.start_ms for h in histories.values())
+    start_ms = int(start.timestamp() * 1000) if start is not None else first + DAY_MS
+    return ReplayMarket(histories, SimulatedClock(start_ms, speed), seed=seed)
+
+
+def start_exchange(history: Mapping[str, Path | str] | None = None, speed: float = 1.0, start: datetime | None = None,
+                   seed: int = 0, **server_options: object) -> ExchangeServer:
+    """Start the local exchange in this process on ephemeral loopback ports; call `.stop()` (or use `with`)."""
+    return ExchangeServer(build_market(history, speed, start, seed), **server_options).start()  # type: ignore[arg-type]
+
+
+@dataclass
+class ExchangeProcess:
+    """A `btcstream exchange` child process and its URLs."""
+
+    process: subprocess.Popen[str]
+    binance_url: str
+    coingecko_url: str
+
+    def settings_for(self, settings: Settings) -> Settings:
+        """Settings pointing the Binance and CoinGecko clients at this exchange."""
+        return settings.replace(binance_url=self.binance_url, coingecko_url=self.coingecko_url)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def __enter__(self) -> "ExchangeProcess":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def spawn_exchange(history: Mapping[str, Path | str] | None = None, speed: float = 1.0,
+                   extra_args: Sequence[str] = ()) -> ExchangeProcess:
+    """Run `btcstream exchange` as a child process on ephemeral ports; returns once it serves."""
+    command = [sys.executable, "-m", "btcstream", "exchange", "--speed", str(speed), "--port", "0", "--coingecko-port", "0"]
+    for symbol, path in (history or {}).items():
+        command += ["--history", f"{symbol}={path}"]
+    command += list(extra_args)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    line = process.stdout.readline() if process.stdout else ""
+    if not line:
+        process.wait(timeout=SPAWN_READY_TIMEOUT_S)
+        raise BtcstreamError(f"`btcstream exchange` exited with code {process.returncode} before serving (see its stderr)")
+    urls = json.loads(line)
+    return ExchangeProcess(process, urls["binance_url"], urls["coingecko_url"])
+

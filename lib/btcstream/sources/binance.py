@@ -1,0 +1,188 @@
+"""Binance spot REST market data: server time, book ticker, 24 h statistics, klines.
+
+Contracts: `/work/shared/reference/market-apis.md` (prices and quantities arrive as strings, times
+as epoch milliseconds). Each parser normalises at the edge: floats, aware UTC datetimes; a missing,
+null or unparsable field becomes None. Not for: scheduling, Kafka, or deciding what a tick holds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Iterable
+
+from btcstream.errors import BadResponse
+from btcstream.sources.fields import as_float, as_utc_from_ms
+from btcstream.sources.http import JsonHttpClient
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://api.binance.com"
+BASE_URL_ENV = "BTCSTREAM_BINANCE_URL"
+USED_WEIGHT_HEADER = "X-MBX-USED-WEIGHT-1M"
+KLINE_INTERVALS = ("1s", "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1M")
+KLINES_MAX_LIMIT = 1000
+
+
+@dataclass(frozen=True)
+class BookTicker:
+    """Best bid and ask of one symbol (the book ticker carries no timestamp of its own)."""
+
+    symbol: str
+    bid_price: float | None
+    bid_qty: float | None
+    ask_price: float | None
+    ask_qty: float | None
+
+
+@dataclass(frozen=True)
+class Ticker24h:
+    """Rolling 24 h statistics of one symbol."""
+
+    symbol: str
+    price_change: float | None
+    price_change_percent: float | None
+    last_price: float | None
+    open_price: float | None
+    high_price: float | None
+    low_price: float | None
+    volume: float | None  # base asset
+    quote_volume: float | None
+    open_time: datetime | None
+    close_time: datetime | None
+
+
+@dataclass(frozen=True)
+class Kline:
+    """One candlestick bar."""
+
+    open_time: datetime
+    open: float | None
+    high: float | None
+    low: float | None
+    close: float | None
+    volume: float | None
+    close_time: datetime | None
+    quote_volume: float | None
+    trades: int | None
+
+
+def parse_server_time(payload: Any) -> datetime:
+    """`{"serverTime": 1499827319559}` -> aware UTC datetime (raises BadResponse: nothing sane to fall back to)."""
+    moment = as_utc_from_ms(payload.get("serverTime")) if isinstance(payload, dict) else None
+    if moment is None:
+        raise BadResponse("binance", "/api/v3/time", f"no serverTime in {str(payload)[:120]}")
+    return moment
+
+
+def parse_book_ticker(item: Any) -> BookTicker | None:
+    """One book-ticker object -> BookTicker, or None when it names no symbol.
+
+    Raw: `{"symbol":"BTCUSDT","bidPrice":"97017.57000000","bidQty":"0.10025000",
+    "askPrice":"97017.58000000","askQty":"7.11458000"}`
+    """
+    if not isinstance(item, dict) or not isinstance(item.get("symbol"), str):
+        return None
+    return BookTicker(symbol=item["symbol"].upper(), bid_price=as_float(item.get("bidPrice")),
+                      bid_qty=as_float(item.get("bidQty")), ask_price=as_float(item.get("askPrice")),
+                      ask_qty=as_float(item.get("askQty")))
+
+
+def parse_ticker_24h(item: Any) -> Ticker24h | None:
+    """One 24 h ticker object (FULL) -> Ticker24h, or None when it names no symbol.
+
+    Raw: `{"symbol":"BTCUSDT","priceChange":"887.80000000","priceChangePercent":"0.923",
+    "weightedAvgPrice":"96502.11000000","prevClosePrice":"96129.77000000","lastPrice":"97017.57000000",
+    "lastQty":"0.00100000","bidPrice":"97017.57000000","bidQty":"0.10025000","askPrice":"97017.58000000",
+    "askQty":"7.11458000","openPrice":"96129.77000000","highPrice":"97231.00000000","lowPrice":"95410.00000000",
+    "volume":"18012.30000000","quoteVolume":"1738221467.31000000","openTime":1739444316000,
+    "closeTime":1739530716000,"firstId":28385,"lastId":28460,"count":76}`
+    """
+    if not isinstance(item, dict) or not isinstance(item.get("symbol"), str):
+        return None
+    return Ticker24h(symbol=item["symbol"].upper(), price_change=as_float(item.get("priceChange")),
+                     price_change_percent=as_float(item.get("priceChangePercent")),
+                     last_price=as_float(item.get("lastPrice")), open_price=as_float(item.get("openPrice")),
+                     high_price=as_float(item.get("highPrice")), low_price=as_float(item.get("lowPrice")),
+                     volume=as_float(item.get("volume")), quote_volume=as_float(item.get("quoteVolume")),
+                     open_time=as_utc_from_ms(item.get("openTime")), close_time=as_utc_from_ms(item.get("closeTime")))
+
+
+def parse_kline(row: Any) -> Kline | None:
+    """One kline row -> Kline, or None when the row has no open time.
+
+    Raw: `[1499040000000,"0.01634790","0.80000000","0.01575800","0.01577100","148976.11427815",
+    1499644799999,"2434.19055334",308,"1756.87402397","28.46694368","0"]`
+    """
+    if not isinstance(row, list) or len(row) < 9:
+        return None
+    open_time = as_utc_from_ms(row[0])
+    if open_time is None:
+        return None
+    trades = as_float(row[8])
+    return Kline(open_time=open_time, open=as_float(row[1]), high=as_float(row[2]), low=as_float(row[3]),
+                 close=as_float(row[4]), volume=as_float(row[5]), close_time=as_utc_from_ms(row[6]),
+                 quote_volume=as_float(row[7]), trades=None if trades is None else int(trades))
+
+
+class BinanceClient:
+    """The Binance public market-data endpoints btcstream uses (no API key needed)."""
+
+    def __init__(self, base_url: str | None = None, http: JsonHttpClient | None = None) -> None:
+        base_url = base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+        self.http = http or JsonHttpClient(base_url)
+        self.used_weight_1m: int | None = None  # from the last answer's X-MBX-USED-WEIGHT-1M
+
+    def server_time(self) -> datetime:
+        """`GET /api/v3/time` (weight 1): the exchange's clock."""
+        return parse_server_time(self._get("/api/v3/time"))
+
+    def book_tickers(self, symbols: Iterable[str]) -> dict[str, BookTicker]:
+        """`GET /api/v3/ticker/bookTicker?symbols=[...]` (weight 4): best bid/ask of every symbol, in one request.
+
+        Symbols missing from the answer are missing from the dict (the caller counts them).
+        """
+        wanted = [s.upper() for s in symbols]
+        payload = self._get("/api/v3/ticker/bookTicker", {"symbols": json.dumps(wanted, separators=(",", ":"))})
+        if not isinstance(payload, (list, dict)):
+            raise BadResponse(self.http.host, "/api/v3/ticker/bookTicker", f"unexpected answer {str(payload)[:120]}")
+        items = payload if isinstance(payload, list) else [payload]
+        parsed = (parse_book_ticker(item) for item in items)
+        return {ticker.symbol: ticker for ticker in parsed if ticker is not None and ticker.symbol in wanted}
+
+    def ticker_24h(self, symbol: str) -> Ticker24h:
+        """`GET /api/v3/ticker/24hr?symbol=...` (weight 2): rolling 24 h statistics."""
+        ticker = parse_ticker_24h(self._get("/api/v3/ticker/24hr", {"symbol": symbol.upper()}))
+        if ticker is None:
+            raise BadResponse(self.http.host, "/api/v3/ticker/24hr", f"answer for {symbol} names no symbol")
+        return ticker
+
+    def klines(self, symbol: str, interval: str = "1h", start: datetime | None = None, end: datetime | None = None,
+               limit: int = 500) -> list[Kline]:
+        """`GET /api/v3/klines` (weight 2): bars with open time in [start, end], oldest first, at most `limit`."""
+        if interval not in KLINE_INTERVALS:
+            raise ValueError(f"interval {interval!r} is not one of {', '.join(KLINE_INTERVALS)}")
+        if not 1 <= limit <= KLINES_MAX_LIMIT:
+            raise ValueError(f"limit must be 1..{KLINES_MAX_LIMIT}, got {limit}")
+        params: dict[str, Any] = {"symbol": symbol.upper(), "interval": interval, "limit": limit}
+        if start is not None:
+            params["startTime"] = int(start.timestamp() * 1000)
+        if end is not None:
+            params["endTime"] = int(end.timestamp() * 1000)
+        payload = self._get("/api/v3/klines", params)
+        if not isinstance(payload, list):
+            raise BadResponse(self.http.host, "/api/v3/klines", f"expected a JSON array, got {str(payload)[:120]}")
+        return [kline for kline in (parse_kline(row) for row in payload) if kline is not None]
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _get(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        response = self.http.get(path, params)
+        weight = response.headers.get(USED_WEIGHT_HEADER)
+        if weight is not None and weight.isdigit():
+            self.used_weight_1m = int(weight)
+        return response.data

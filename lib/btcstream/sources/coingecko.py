@@ -1,0 +1,106 @@
+"""CoinGecko v3 market data: `/coins/markets` (market cap, total volume, 24 h change, high/low, last_updated).
+
+Contract: `/work/shared/reference/market-apis.md` (numbers are JSON numbers, any may be null).
+The optional demo key comes from `BTCSTREAM_COINGECKO_API_KEY` and travels only in the
+`x-cg-demo-api-key` header: it is never logged and never put in a URL. Not for: rate pacing
+(the producer polls this no faster than `coingecko_min_interval_s` and reuses the last good answer).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Iterable
+
+from btcstream.errors import BadResponse
+from btcstream.sources.fields import as_float, as_utc_from_iso
+from btcstream.sources.http import JsonHttpClient
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://api.coingecko.com/api/v3"
+BASE_URL_ENV = "BTCSTREAM_COINGECKO_URL"
+API_KEY_ENV = "BTCSTREAM_COINGECKO_API_KEY"
+API_KEY_HEADER = "x-cg-demo-api-key"
+MARKETS_MAX_PER_PAGE = 250
+
+# Base asset of an exchange symbol -> CoinGecko coin id (ids are not derivable from tickers).
+COINGECKO_IDS = {
+    "BTC": "bitcoin", "ETH": "ethereum", "BNB": "binancecoin", "SOL": "solana", "XRP": "ripple",
+    "ADA": "cardano", "DOGE": "dogecoin", "DOT": "polkadot", "LTC": "litecoin", "LINK": "chainlink",
+    "AVAX": "avalanche-2", "TRX": "tron", "MATIC": "matic-network", "BCH": "bitcoin-cash",
+}
+QUOTE_ASSETS = ("FDUSD", "USDT", "USDC", "BUSD", "TUSD", "USD", "EUR", "BTC", "ETH")
+
+
+def coin_id_for_symbol(symbol: str) -> str | None:
+    """`BTCUSDT` -> `bitcoin`; None when the base asset has no known CoinGecko id."""
+    upper = symbol.upper()
+    for quote in QUOTE_ASSETS:
+        if upper.endswith(quote) and len(upper) > len(quote):
+            return COINGECKO_IDS.get(upper[: -len(quote)])
+    return None
+
+
+@dataclass(frozen=True)
+class CoinMarket:
+    """One coin's CoinGecko market data (USD), stamped with CoinGecko's own observation time."""
+
+    coin_id: str
+    current_price: float | None
+    market_cap: float | None
+    total_volume: float | None
+    high_24h: float | None
+    low_24h: float | None
+    price_change_24h: float | None
+    price_change_percentage_24h: float | None
+    last_updated: datetime | None
+
+
+def parse_coin_market(item: Any) -> CoinMarket | None:
+    """One `/coins/markets` element -> CoinMarket, or None when it has no id.
+
+    Raw (abridged): `{"id":"bitcoin","symbol":"btc","name":"Bitcoin","current_price":97017,
+    "market_cap":1923087506901,"market_cap_rank":1,"total_volume":30381193367,"high_24h":97231,
+    "low_24h":95410,"price_change_24h":887.8,"price_change_percentage_24h":0.92345,
+    "circulating_supply":19822356,"roi":null,"last_updated":"2025-02-14T10:58:30.120Z"}`
+    """
+    if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+        return None
+    return CoinMarket(coin_id=item["id"], current_price=as_float(item.get("current_price")),
+                      market_cap=as_float(item.get("market_cap")), total_volume=as_float(item.get("total_volume")),
+                      high_24h=as_float(item.get("high_24h")), low_24h=as_float(item.get("low_24h")),
+                      price_change_24h=as_float(item.get("price_change_24h")),
+                      price_change_percentage_24h=as_float(item.get("price_change_percentage_24h")),
+                      last_updated=as_utc_from_iso(item.get("last_updated")))
+
+
+class CoinGeckoClient:
+    """CoinGecko's `/coins/markets` for a few coin ids, in USD."""
+
+    def __init__(self, base_url: str | None = None, api_key: str | None = None,
+                 http: JsonHttpClient | None = None) -> None:
+        base_url = base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+        api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+        headers = {API_KEY_HEADER: api_key} if api_key else {}
+        self.http = http or JsonHttpClient(base_url, headers=headers)
+
+    def __repr__(self) -> str:  # the key stays out of logs and tracebacks
+        return f"CoinGeckoClient({self.http.base_url!r})"
+
+    def markets(self, coin_ids: Iterable[str]) -> dict[str, CoinMarket]:
+        """`GET /coins/markets?vs_currency=usd&ids=...`: market data by coin id (ids absent from the answer are absent)."""
+        ids = sorted({coin_id.lower() for coin_id in coin_ids})
+        if not ids:
+            return {}
+        payload = self.http.get("/coins/markets", {"vs_currency": "usd", "ids": ",".join(ids),
+                                                   "per_page": min(len(ids), MARKETS_MAX_PER_PAGE), "page": 1}).data
+        if not isinstance(payload, list):
+            raise BadResponse(self.http.host, "/coins/markets", f"expected a JSON array, got {str(payload)[:120]}")
+        parsed = (parse_coin_market(row) for row in payload)
+        return {market.coin_id: market for market in parsed if market is not None and market.coin_id in ids}
+
+    def close(self) -> None:
+        self.http.close()
