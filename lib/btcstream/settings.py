@@ -62,7 +62,7 @@ class Settings:
     @property
     def kafka_hosts(self) -> list[tuple[str, int]]:
         """The (host, port) pairs of `kafka_bootstrap`."""
-        return [_host_port("kafka_bootstrap", part) for part in self.kafka_bootstrap.split(",")]
+        return [_host_port("BTCSTREAM_KAFKA_BOOTSTRAP", part) for part in self.kafka_bootstrap.split(",")]
 
     @property
     def kafka_is_local(self) -> bool:

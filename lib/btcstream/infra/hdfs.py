@@ -1,0 +1,86 @@
+"""A single-node HDFS: a real NameNode and DataNode in one MiniDFSCluster JVM.
+
+Runs Hadoop's own launcher `org.apache.hadoop.mapreduce.MiniHadoopClusterManager -nomr` from
+`hadoop-client-minicluster` (the same Hadoop 3.5.0 that pyspark bundles). The NameNode is
+formatted on the first start only, so files survive `infra down` then `infra up`.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+from btcstream.infra import artifacts
+from btcstream.infra.java import java_executable
+from btcstream.infra.service import LocalService
+
+HEAP = "-Xmx768m"
+_FORMATTED_MARKER = ".formatted"
+_LOG4J2 = """\
+status = warn
+appender.console.type = Console
+appender.console.name = console
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = %d{ISO8601}{UTC}Z %p %c{1}: %m%n
+rootLogger.level = warn
+rootLogger.appenderRef.console.ref = console
+logger.mini.name = org.apache.hadoop.hdfs.MiniDFSCluster
+logger.mini.level = info
+"""
+
+
+class Hdfs(LocalService):
+    """NameNode RPC on the storage root's port (9000), WebHDFS/HTTP on `webhdfs_port` (9870)."""
+
+    name = "hdfs"
+
+    @property
+    def ports(self) -> dict[str, int]:
+        return {"namenode-rpc": self.settings.hdfs_port or 9000, "webhdfs": self.settings.webhdfs_port}
+
+    def prepare(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        (self.home / "log4j2.properties").write_text(_LOG4J2)
+
+    @property
+    def formatted(self) -> bool:
+        return (self.home / _FORMATTED_MARKER).exists()
+
+    def command(self) -> list[str]:
+        ports = self.ports
+        return [
+            java_executable(), HEAP, "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            f"-Dbtcstream.service={self.marker}", f"-Dlog4j2.configurationFile={self.home / 'log4j2.properties'}",
+            "-cp", artifacts.classpath(self.settings, "hdfs"),
+            "org.apache.hadoop.mapreduce.MiniHadoopClusterManager", "-nomr",
+            *([] if self.formatted else ["-format"]),
+            "-nnport", str(ports["namenode-rpc"]), "-nnhttpport", str(ports["webhdfs"]), "-datanodes", "1",
+            "-D", f"hdfs.minidfs.basedir={self.data_dir}",
+            "-D", "dfs.permissions.enabled=false",
+            "-D", "dfs.replication=1",
+            "-D", "dfs.namenode.safemode.extension=0",
+            "-D", "dfs.datanode.hostname=127.0.0.1",
+            "-writeConfig", str(self.home / "hdfs-client-config.xml"),
+        ]
+
+    def after_healthy(self) -> None:
+        (self.home / _FORMATTED_MARKER).touch()
+
+    def health(self) -> tuple[bool, str]:
+        """Healthy when WebHDFS lists `/`, a DataNode is live and the NameNode is out of safe mode."""
+        base = f"http://127.0.0.1:{self.ports['webhdfs']}"
+        try:
+            with urllib.request.urlopen(f"{base}/webhdfs/v1/?op=LISTSTATUS", timeout=3) as answer:
+                listing = json.load(answer)["FileStatuses"]["FileStatus"]
+            query = "Hadoop:service=NameNode,name=FSNamesystemState"
+            with urllib.request.urlopen(f"{base}/jmx?qry={query}", timeout=3) as answer:
+                state = json.load(answer)["beans"][0]
+        except (urllib.error.URLError, OSError, KeyError, IndexError, ValueError) as error:
+            return False, f"WebHDFS not answering ({type(error).__name__})"
+        live = int(state.get("NumLiveDataNodes", 0))
+        if live < 1:
+            return False, "NameNode up, no live DataNode yet"
+        if state.get("FSState") != "Operational":
+            return False, f"NameNode in {state.get('FSState')}"
+        return True, f"listing OK ({len(listing)} entries under /), {live} live DataNode"

@@ -1,0 +1,105 @@
+"""A single-node Kafka broker (KRaft, broker and controller in one `kafka.Kafka` process)."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import subprocess
+
+from btcstream.errors import InfraError
+from btcstream.infra import artifacts, processes
+from btcstream.infra.java import java_executable
+from btcstream.infra.service import LocalService
+
+HEAP = "-Xmx512m"
+_LOG4J2 = """\
+status = warn
+appender.console.type = Console
+appender.console.name = console
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = [%d{ISO8601}{UTC}Z] %p %m (%c)%n
+rootLogger.level = warn
+rootLogger.appenderRef.console.ref = console
+logger.server.name = kafka.server
+logger.server.level = info
+"""
+
+
+class KafkaBroker(LocalService):
+    """The broker on 127.0.0.1:<kafka_bootstrap port>, its controller on the next port."""
+
+    name = "kafka"
+
+    @property
+    def ports(self) -> dict[str, int]:
+        port = self.settings.kafka_hosts[0][1]
+        return {"broker": port, "controller": port + 1}
+
+    @property
+    def config_file(self):
+        return self.home / "server.properties"
+
+    def prepare(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        ports = self.ports
+        self.config_file.write_text("\n".join([
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.voters=1@127.0.0.1:{ports['controller']}",
+            f"listeners=PLAINTEXT://127.0.0.1:{ports['broker']},CONTROLLER://127.0.0.1:{ports['controller']}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{ports['broker']}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            f"log.dirs={self.data_dir}",
+            "num.partitions=3",
+            "offsets.topic.replication.factor=1",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            "group.initial.rebalance.delay.ms=0",
+            "auto.create.topics.enable=true",
+            "",
+        ]))
+        (self.home / "log4j2.properties").write_text(_LOG4J2)
+        if not (self.data_dir / "meta.properties").exists():
+            self._format_storage()
+
+    def _format_storage(self) -> None:
+        """Format the KRaft log directory once; StorageTool calls exit, so it runs as its own JVM."""
+        cluster_id = base64.urlsafe_b64encode(secrets.token_bytes(16)).decode().rstrip("=")
+        done = subprocess.run(
+            [java_executable(), HEAP, "-cp", artifacts.classpath(self.settings, "kafka"), *self._log_options(),
+             "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.config_file), "--ignore-formatted"],
+            capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise InfraError(f"formatting Kafka storage in {self.data_dir} failed:\n{done.stdout}{done.stderr}")
+
+    def _log_options(self) -> list[str]:
+        return [f"-Dlog4j2.configurationFile={self.home / 'log4j2.properties'}", f"-Dkafka.logs.dir={self.home}"]
+
+    def command(self) -> list[str]:
+        return [java_executable(), HEAP, "-Xms256m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+                f"-Dbtcstream.service={self.marker}", *self._log_options(),
+                "-cp", artifacts.classpath(self.settings, "kafka"), "kafka.Kafka", str(self.config_file)]
+
+    def health(self) -> tuple[bool, str]:
+        """Healthy when the broker answers a metadata request."""
+        from kafka import KafkaAdminClient
+        from kafka.errors import KafkaError
+
+        if not processes.port_answers(self.ports["broker"]):
+            return False, "broker port not open yet"
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=f"127.0.0.1:{self.ports['broker']}",
+                                     request_timeout_ms=3000)
+        except (KafkaError, OSError, ValueError) as error:
+            return False, f"no metadata answer ({type(error).__name__})"
+        try:
+            topics = [t for t in admin.list_topics() if not t.startswith("__")]
+            return True, f"metadata OK, {len(topics)} topic(s)"
+        except (KafkaError, OSError) as error:
+            return False, f"metadata request failed ({type(error).__name__})"
+        finally:
+            admin.close()
