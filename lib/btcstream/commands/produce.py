@@ -1,0 +1,30 @@
+"""`btcstream produce`: poll Binance and CoinGecko and send one tick per symbol per poll to Kafka.
+
+`--source replay` drives the same producer through the local exchange (`btcstream exchange`):
+the one at BTCSTREAM_BINANCE_URL when that is a loopback URL, else one started for the run.
+SIGINT/SIGTERM stop it after a flush; counts are logged periodically and at exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+
+from btcstream.producer import DEFAULT_REPLAY_SPEED, SOURCES, run_producer, stop_on_signals
+from btcstream.settings import Settings
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = subparsers.add_parser("produce", help="poll market data into Kafka", description=__doc__)
+    parser.add_argument("--source", choices=SOURCES, default="live", help="live APIs or the local replay exchange")
+    parser.add_argument("--max-polls", type=int, default=None, help="stop after this many polls (default: run until stopped)")
+    parser.add_argument("--speed", type=float, default=DEFAULT_REPLAY_SPEED,
+                        help="replay speed when the producer starts its own local exchange (simulated s per wall s)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    stop = threading.Event()
+    stop_on_signals(stop)
+    stats = run_producer(settings, source=args.source, max_polls=args.max_polls, stop_event=stop, replay_speed=args.speed)
+    return 0 if stats.failed == 0 and stats.pending == 0 else 1

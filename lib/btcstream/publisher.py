@@ -1,0 +1,189 @@
+"""Delivering ticks to Kafka without loss or duplication: idempotent producer, an outbox, patient reconnects.
+
+- The kafka-python producer is idempotent (`enable_idempotence`, `acks=all`, unlimited retries), so
+  its own retries after a lost acknowledgement never write a record twice.
+- A tick handed to `publish` is *accepted*: it sits in the outbox until Kafka acknowledges it. When
+  the client cannot take it (no broker for `max_block_ms`) it stays there; when a delivery expires
+  (broker away longer than `DELIVERY_TIMEOUT_MS`) it goes back in and is sent again later. Records
+  Kafka rejects for good (too large, not authorised) are counted as failed and logged, never dropped silently.
+- A broker that is down at start: `connect` waits and retries with a clear log line.
+- The topic is created when missing, with the partitions and retention from settings.
+
+Not for: building ticks or pacing polls (see `producer`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from kafka import KafkaProducer
+from kafka.admin import KafkaAdminClient
+from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
+
+from btcstream.kafka_security import kafka_python_options
+from btcstream.settings import Settings
+from btcstream.tick import Tick
+
+log = logging.getLogger(__name__)
+
+DELIVERY_TIMEOUT_MS = 120_000  # then an undelivered record returns to the outbox
+MAX_BLOCK_MS = 5_000  # how long send() may wait for metadata/buffer before the record stays in the outbox
+REQUEST_TIMEOUT_MS = 15_000
+RECONNECT_BACKOFF_S = (1.0, 30.0)  # first and longest wait between connection attempts at start
+LINGER_MS = 5  # a poll's ticks for several symbols travel in one request
+
+
+@dataclass
+class DeliveryCounts:
+    """What happened to accepted records (updated from Kafka's I/O thread, hence the lock)."""
+
+    sent: int = 0
+    failed: int = 0  # rejected for good by Kafka (logged with the reason)
+    resent: int = 0  # deliveries that expired and went back to the outbox
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+
+class TickPublisher:
+    """Sends ticks keyed by symbol to `settings.topic`."""
+
+    def __init__(self, settings: Settings, stop: threading.Event | None = None) -> None:
+        self.settings = settings
+        self.counts = DeliveryCounts()
+        self._stop = stop or threading.Event()
+        self._outbox: deque[Tick] = deque()
+        self._in_flight = 0
+        self._producer: KafkaProducer | None = None
+        self._broker_down_logged = False
+
+    @property
+    def pending(self) -> int:
+        """Accepted records not yet acknowledged (outbox + in flight)."""
+        with self.counts.lock:
+            return len(self._outbox) + self._in_flight
+
+    def connect(self) -> bool:
+        """Create the producer and the topic, waiting for the broker as long as needed; False if stopped first."""
+        delay, longest = RECONNECT_BACKOFF_S
+        while not self._stop.is_set():
+            try:
+                self._producer = self._new_producer()
+                ensure_topic(self.settings)
+                log.info("connected to Kafka at %s, topic %s", self.settings.kafka_bootstrap, self.settings.topic)
+                return True
+            except KafkaError as error:
+                if self._producer is not None:
+                    self._producer.close(timeout=1)
+                    self._producer = None
+                log.warning("Kafka at %s is not reachable (%s); retrying in %.0f s (Ctrl-C to stop)",
+                            self.settings.kafka_bootstrap, type(error).__name__, delay)
+                self._stop.wait(delay)
+                delay = min(longest, delay * 2)
+        return False
+
+    def publish(self, tick: Tick) -> None:
+        """Accept a tick: it will reach Kafka (or be counted as failed), whatever the broker does meanwhile."""
+        with self.counts.lock:
+            self._outbox.append(tick)
+        self.drain()
+
+    def drain(self) -> None:
+        """Hand outbox records to the Kafka client until it cannot take more (broker unreachable)."""
+        if self._producer is None:
+            return
+        while True:
+            with self.counts.lock:
+                if not self._outbox:
+                    return
+                tick = self._outbox.popleft()
+                self._in_flight += 1
+            try:
+                future = self._producer.send(self.settings.topic, key=tick.symbol.encode(), value=tick.to_json())
+            except KafkaTimeoutError as error:
+                with self.counts.lock:
+                    self._in_flight -= 1
+                    self._outbox.appendleft(tick)
+                    held = len(self._outbox)
+                if not self._broker_down_logged:
+                    log.warning("Kafka at %s is not taking records (%s); holding %d accepted records and retrying",
+                                self.settings.kafka_bootstrap, error, held)
+                    self._broker_down_logged = True
+                return
+            future.add_callback(self._delivered)
+            future.add_errback(self._undelivered, tick)
+
+    def flush(self, timeout_s: float) -> bool:
+        """Deliver everything accepted, trying for up to `timeout_s`; True when nothing is left pending."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.drain()
+            if self._producer is not None:
+                try:
+                    self._producer.flush(timeout=max(0.1, min(5.0, deadline - time.monotonic())))
+                except KafkaTimeoutError:
+                    pass
+            if self.pending == 0:
+                return True
+            time.sleep(0.05)
+        return self.pending == 0
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.close(timeout=5)
+            self._producer = None
+
+    def _delivered(self, metadata: object) -> None:
+        with self.counts.lock:
+            self._in_flight -= 1
+            self.counts.sent += 1
+        if self._broker_down_logged:
+            log.info("Kafka at %s is taking records again", self.settings.kafka_bootstrap)
+            self._broker_down_logged = False
+
+    def _undelivered(self, tick: Tick, error: Exception) -> None:
+        retriable = isinstance(error, KafkaTimeoutError) or getattr(error, "retriable", False)
+        with self.counts.lock:
+            self._in_flight -= 1
+            if retriable:
+                self._outbox.append(tick)
+                self.counts.resent += 1
+            else:
+                self.counts.failed += 1
+        if retriable:
+            log.warning("delivery of %s %s expired (%s): back in the outbox", tick.symbol, tick.event_time, error)
+        else:
+            log.error("Kafka rejected %s %s for good: %r", tick.symbol, tick.event_time, error)
+
+    def _new_producer(self) -> KafkaProducer:
+        return KafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, enable_idempotence=True, acks="all",
+                             retries=2**31 - 1, delivery_timeout_ms=DELIVERY_TIMEOUT_MS, max_block_ms=MAX_BLOCK_MS,
+                             request_timeout_ms=REQUEST_TIMEOUT_MS, linger_ms=LINGER_MS,
+                             max_in_flight_requests_per_connection=5, client_id="btcstream-producer",
+                             **kafka_python_options(self.settings))
+
+
+def ensure_topic(settings: Settings) -> bool:
+    """Create `settings.topic` with its partitions and retention if missing; True when it was created.
+
+    Replication factor -1 takes the cluster's default (1 on the local single broker).
+    """
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=REQUEST_TIMEOUT_MS,
+                             client_id="btcstream-admin", **kafka_python_options(settings))
+    try:
+        if settings.topic in admin.list_topics():
+            return False
+        retention_ms = settings.topic_retention_hours * 3_600_000
+        try:
+            admin.create_topics({settings.topic: {"num_partitions": settings.topic_partitions, "replication_factor": -1,
+                                                  "configs": {"retention.ms": str(retention_ms)}}},
+                                wait_for_metadata=True)
+        except TopicAlreadyExistsError:
+            return False
+        log.info("created topic %s: %d partitions, retention %d h", settings.topic, settings.topic_partitions,
+                 settings.topic_retention_hours)
+        return True
+    finally:
+        admin.close()
