@@ -74,3 +74,7 @@ class SourceUnavailable(SourceError):
 
 class BadResponse(SourceError):
     """The answer was not the documented JSON (an HTML page, a wrong shape) or a 4xx request error."""
+
+
+class ReportError(BtcstreamError):
+    """A notebook of the report could not be executed or exported."""
