@@ -1,0 +1,225 @@
+"""Wire the streaming job: Kafka -> (quarantine, raw_data) and raw_data -> hourly_metrics, as named queries.
+
+Three queries, each with its own checkpoint under `<root>/checkpoints/`:
+
+- `btcstream_quarantine`: Kafka -> records that fail parsing/validation -> `<root>/quarantine`
+  (Parquet, partitioned by the Kafka timestamp's UTC date).
+- `btcstream_raw`: Kafka -> valid ticks -> watermark on event_time (`allowed_lateness`) ->
+  `dropDuplicatesWithinWatermark(symbol, event_time)` -> `enrich` -> `<root>/raw_data`
+  (Parquet, partitioned by `date` and `hour` of event_time, one file per touched hour per batch).
+  Ticks older than the watermark are dropped here and counted (`numRowsDroppedByWatermark`).
+- `btcstream_hourly`: `<root>/raw_data` as a file stream (only files committed in the raw sink's
+  `_spark_metadata` log) -> watermark -> `hourly_metrics` -> `<root>/hourly_metrics` (append:
+  one final row per symbol and hour, written once the watermark passes the hour's end;
+  partitioned by the UTC date of window_start).
+
+Why hourly reads raw_data rather than Kafka: deduplication and the late-tick cut happen once, so
+hourly_metrics is exactly the hourly aggregation of raw_data, whatever the batch boundaries.
+Hourly's watermark never runs ahead of raw's (it sees a subset of the same event times, later),
+so it never drops a tick that raw kept.
+
+Exactly once: both Parquet sinks are Spark file sinks (a batch's files become visible only when
+its entry is written to `_spark_metadata`), the Kafka offsets and the file-source progress are in
+the checkpoints, and a re-run batch rewrites the same rows. Readers use
+`btcstream.storage.manifest` so half-written files are never read.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Iterable
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
+
+from btcstream.kafka_security import spark_kafka_options
+from btcstream.settings import Settings
+from btcstream.streaming import parse, transforms
+from btcstream.streaming.progress import ProgressWriter
+
+log = logging.getLogger(__name__)
+
+RAW_DATASET = "raw_data"
+HOURLY_DATASET = "hourly_metrics"
+QUARANTINE_DATASET = "quarantine"
+
+RAW_QUERY = "btcstream_raw"
+HOURLY_QUERY = "btcstream_hourly"
+QUARANTINE_QUERY = "btcstream_quarantine"
+QUERY_NAMES = (QUARANTINE_QUERY, RAW_QUERY, HOURLY_QUERY)
+CHECKPOINTS = {RAW_QUERY: "raw", HOURLY_QUERY: "hourly", QUARANTINE_QUERY: "quarantine"}
+
+# Kafka schema of the source's rows (also used to build static test frames).
+KAFKA_SCHEMA = "key binary, value binary, topic string, partition int, offset long, timestamp timestamp"
+RAW_PARTITIONS = ("date", "hour")
+# One output task per batch: a tick a minute should not become several tiny files per batch.
+FILES_PER_BATCH = 1
+
+
+@dataclass(frozen=True)
+class StreamPaths:
+    """The URLs the job reads and writes under one storage root."""
+
+    raw: str
+    hourly: str
+    quarantine: str
+    checkpoints: dict[str, str]
+
+    @classmethod
+    def of(cls, settings: Settings) -> "StreamPaths":
+        return cls(
+            raw=settings.storage_url(RAW_DATASET),
+            hourly=settings.storage_url(HOURLY_DATASET),
+            quarantine=settings.storage_url(QUARANTINE_DATASET),
+            checkpoints={name: settings.storage_url("checkpoints", folder) for name, folder in CHECKPOINTS.items()},
+        )
+
+
+def kafka_source(spark: SparkSession, settings: Settings) -> DataFrame:
+    """The tick topic as a stream: earliest offsets on the first run, then the checkpoint's.
+
+    failOnDataLoss stays true: if retention deleted offsets the job has not read yet, stopping
+    loudly beats skipping ticks silently (restart from a new checkpoint to accept the loss).
+    """
+    return (spark.readStream.format("kafka")
+            .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
+            .options(**{key: str(value) for key, value in spark_kafka_options(settings).items()})
+            .option("subscribe", settings.topic)
+            .option("startingOffsets", "earliest")
+            .option("maxOffsetsPerTrigger", str(settings.max_offsets_per_trigger))
+            .option("failOnDataLoss", "true")
+            .load())
+
+
+def deduplicated_ticks(ticks: DataFrame, allowed_lateness: str) -> DataFrame:
+    """Ticks with a watermark, each (symbol, event_time) kept once while within the watermark."""
+    return ticks.withWatermark("event_time", allowed_lateness).dropDuplicatesWithinWatermark(["symbol", "event_time"])
+
+
+def raw_schema(spark: SparkSession):
+    """The schema of raw_data rows, derived from the transforms.
+
+    The partition columns (date, hour) stay in it: the file source fills them from the directory
+    names, and a schema without them fails its batch-schema check.
+    """
+    empty = spark.createDataFrame([], KAFKA_SCHEMA)
+    return transforms.enrich(parse.valid_ticks(parse.classify(empty))).schema
+
+
+def start_queries(spark: SparkSession, settings: Settings, *, queries: Iterable[str] = QUERY_NAMES,
+                  trigger_interval_s: float | None = None) -> list[StreamingQuery]:
+    """Start the job's named queries (stopping any active query of the same name first).
+
+    Returns the started queries in `QUERY_NAMES` order. Progress of each batch is persisted for
+    `btcstream status` (see `btcstream.streaming.progress`).
+    """
+    wanted = set(queries)
+    unknown = wanted - set(QUERY_NAMES)
+    if unknown:
+        raise ValueError(f"unknown queries {sorted(unknown)}; expected some of {QUERY_NAMES}")
+    interval = trigger_interval_s or settings.trigger_interval_s
+    paths = StreamPaths.of(settings)
+    # Parquet timestamps as int64 microseconds (UTC), readable by pyarrow/DuckDB without INT96 quirks.
+    spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+    _listen_for_progress(spark, settings)
+    started: list[StreamingQuery] = []
+    for name in QUERY_NAMES:
+        if name not in wanted:
+            continue
+        stop_query(spark, name)
+        writer = _writer(name, spark, settings, paths)
+        query = writer.queryName(name).trigger(processingTime=f"{interval} seconds").start()
+        log.info("started %s (id %s)", name, query.id)
+        started.append(query)
+    return started
+
+
+def _writer(name: str, spark: SparkSession, settings: Settings, paths: StreamPaths):
+    """The configured DataStreamWriter of one query (not started)."""
+    if name == QUARANTINE_QUERY:
+        _, refused = parse.split(kafka_source(spark, settings))
+        refused = (refused.observe("quarantine", F.count(F.lit(1)).alias("rows"))
+                   .withColumn("date", F.to_date("kafka_timestamp")))
+        return _parquet_sink(refused.coalesce(FILES_PER_BATCH), paths.quarantine, paths.checkpoints[name], ["date"])
+    if name == RAW_QUERY:
+        ticks, _ = parse.split(kafka_source(spark, settings))
+        enriched = transforms.enrich(deduplicated_ticks(ticks, settings.allowed_lateness))
+        return _parquet_sink(enriched.coalesce(FILES_PER_BATCH), paths.raw, paths.checkpoints[name], list(RAW_PARTITIONS))
+    _ensure_directory(spark, paths.raw)  # the file source needs its directory to exist
+    raw = spark.readStream.schema(raw_schema(spark)).parquet(paths.raw)
+    hourly = transforms.hourly_metrics(raw.withWatermark("event_time", settings.allowed_lateness))
+    hourly = hourly.withColumn("date", F.to_date("window_start"))
+    return _parquet_sink(hourly.coalesce(FILES_PER_BATCH), paths.hourly, paths.checkpoints[name], ["date"])
+
+
+def _parquet_sink(frame: DataFrame, path: str, checkpoint: str, partitions: list[str]):
+    return (frame.writeStream.format("parquet").outputMode("append")
+            .option("path", path).option("checkpointLocation", checkpoint)
+            .partitionBy(*partitions))
+
+
+def _ensure_directory(spark: SparkSession, url: str) -> None:
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(url)
+    path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).mkdirs(path)
+
+
+def stop_query(spark: SparkSession, name: str) -> None:
+    """Stop the active query called `name` in this session, if any."""
+    for query in spark.streams.active:
+        if query.name == name:
+            log.info("stopping the running %s (id %s) before starting it again", name, query.id)
+            query.stop()
+
+
+def stop_queries(queries: Iterable[StreamingQuery]) -> None:
+    """Stop queries, hourly first (it reads what raw writes); a stopped batch is re-run on restart."""
+    for query in sorted(queries, key=lambda q: q.name != HOURLY_QUERY):
+        if query.isActive:
+            log.info("stopping %s", query.name)
+            query.stop()
+
+
+class _ProgressListener(StreamingQueryListener):
+    """Persists the progress of btcstream's queries after every batch."""
+
+    def __init__(self) -> None:
+        self.writers: dict[str, ProgressWriter] = {}
+
+    def onQueryStarted(self, event) -> None:  # noqa: N802 (Spark's names)
+        pass
+
+    def onQueryProgress(self, event) -> None:  # noqa: N802
+        import json
+
+        progress = json.loads(event.progress.json)
+        writer = self.writers.get(progress.get("name") or "")
+        if writer is not None:
+            writer.record(progress)
+
+    def onQueryIdle(self, event) -> None:  # noqa: N802
+        pass
+
+    def onQueryTerminated(self, event) -> None:  # noqa: N802
+        if event.exception:
+            log.error("streaming query %s failed: %s", event.id, event.exception.splitlines()[0])
+
+
+_listeners: dict[int, _ProgressListener] = {}
+_listeners_lock = threading.Lock()
+
+
+def _listen_for_progress(spark: SparkSession, settings: Settings) -> None:
+    """One listener per session; its writers follow the storage root of the latest start."""
+    with _listeners_lock:
+        key = id(spark)
+        if key not in _listeners:
+            listener = _ProgressListener()
+            spark.streams.addListener(listener)
+            _listeners[key] = listener
+        writer = ProgressWriter(settings)
+        for name in QUERY_NAMES:
+            _listeners[key].writers[name] = writer
