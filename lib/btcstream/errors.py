@@ -78,3 +78,21 @@ class BadResponse(SourceError):
 
 class ReportError(BtcstreamError):
     """A notebook of the report could not be executed or exported."""
+
+
+class StreamingQueryFailed(BtcstreamError):
+    """A query of the streaming job terminated with an error (its checkpoint lets it resume)."""
+
+    def __init__(self, query_name: str, cause: str) -> None:
+        self.query_name = query_name
+        first_line = cause.strip().splitlines()[0] if cause.strip() else cause
+        super().__init__(f"streaming query {query_name} failed: {first_line}; fix the cause and run "
+                         f"`btcstream stream` again (it resumes from its checkpoint)")
+
+
+class CompactionError(BtcstreamError):
+    """`btcstream compact` could not safely compact a dataset partition."""
+
+
+class PipelineError(BtcstreamError):
+    """A part of the pipeline (exchange, producer, streaming query) failed to start or while running."""

@@ -26,6 +26,7 @@ the checkpoints, and a re-run batch rewrites the same rows. Readers use
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from dataclasses import dataclass
@@ -184,28 +185,35 @@ def stop_queries(queries: Iterable[StreamingQuery]) -> None:
 
 
 class _ProgressListener(StreamingQueryListener):
-    """Persists the progress of btcstream's queries after every batch."""
+    """Persists the progress of btcstream's queries after every batch (and their idle/stop events)."""
 
     def __init__(self) -> None:
         self.writers: dict[str, ProgressWriter] = {}
+        self.names: dict[str, str] = {}  # query id -> name (idle/terminated events carry only the id)
 
     def onQueryStarted(self, event) -> None:  # noqa: N802 (Spark's names)
-        pass
+        self.names[str(event.id)] = event.name or ""
+        writer = self.writers.get(event.name or "")
+        if writer is not None:
+            writer.mark_started(event.name)
 
     def onQueryProgress(self, event) -> None:  # noqa: N802
-        import json
-
         progress = json.loads(event.progress.json)
         writer = self.writers.get(progress.get("name") or "")
         if writer is not None:
             writer.record(progress)
 
     def onQueryIdle(self, event) -> None:  # noqa: N802
-        pass
+        name = self.names.get(str(event.id), "")
+        if name in self.writers:
+            self.writers[name].touch(name)
 
     def onQueryTerminated(self, event) -> None:  # noqa: N802
+        name = self.names.get(str(event.id), "")
         if event.exception:
-            log.error("streaming query %s failed: %s", event.id, event.exception.splitlines()[0])
+            log.error("streaming query %s failed: %s", name or event.id, event.exception.splitlines()[0])
+        if name in self.writers:
+            self.writers[name].mark_stopped(name, event.exception)
 
 
 _listeners: dict[int, _ProgressListener] = {}

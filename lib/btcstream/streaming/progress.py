@@ -105,6 +105,27 @@ class ProgressWriter:
             self._documents[name] = document
             self._write(progress_path(self.settings, name), document)
 
+    def touch(self, name: str) -> None:
+        """Record that an idle query is alive (Spark reports idle triggers without a progress)."""
+        with self._lock:
+            document = self._documents.get(name)
+            if document is None:
+                return
+            document["updated_at"] = datetime.now(timezone.utc).isoformat()
+            self._write(progress_path(self.settings, name), document)
+
+    def mark_started(self, name: str) -> None:
+        """Forget a previous stop or failure of `name`."""
+        with self._lock:
+            document = self._documents.get(name) or read_progress(self.settings, name)
+            if document is None:
+                return
+            document.pop("stopped_at", None)
+            document["error"] = None
+            document["updated_at"] = datetime.now(timezone.utc).isoformat()
+            self._documents[name] = document
+            self._write(progress_path(self.settings, name), document)
+
     def mark_stopped(self, name: str, error: str | None) -> None:
         """Record that a query stopped (and why, if it failed)."""
         with self._lock:
