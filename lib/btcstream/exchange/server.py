@@ -107,6 +107,9 @@ class ExchangeServer:
         return f"http://{host}:{port}/api/v3"
 
     def start(self) -> "ExchangeServer":
+        """Serve in background threads (a no-op when already serving)."""
+        if self._threads:
+            return self
         for api, server in self._servers.items():
             thread = threading.Thread(target=server.serve_forever, name=f"exchange-{api}", daemon=True)
             thread.start()

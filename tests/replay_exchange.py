@@ -1,0 +1,40 @@
+"""Test helpers for the local replay exchange: a second symbol's history and a started server.
+
+The project ships real BTCUSDT history only; tests that need several symbols replay an "ETHUSDT"
+whose bars are the real BTCUSDT bars divided by ETH_PRICE_DIVISOR (clearly synthetic, still real shapes).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from btcstream.exchange import start_exchange
+from btcstream.exchange.history import default_history_path
+from btcstream.exchange.server import ExchangeServer
+
+ETH_PRICE_DIVISOR = 30.0
+ETH_ROWS = 2000
+
+
+def write_eth_history(directory: Path) -> Path:
+    """An ETHUSDT kline CSV (with header) derived from the first ETH_ROWS real BTCUSDT bars."""
+    target = directory / "ethusdt_1h.csv"
+    if target.exists():
+        return target
+    with default_history_path().open() as source, target.open("w", newline="") as sink:
+        reader, writer = csv.reader(source), csv.writer(sink)
+        writer.writerow(next(reader))
+        for index, row in enumerate(reader):
+            if index >= ETH_ROWS:
+                break
+            prices = [f"{float(v) / ETH_PRICE_DIVISOR:.2f}" for v in row[1:5]]
+            low, high = min(prices, key=float), max(prices, key=float)
+            writer.writerow([row[0], prices[0], high, low, prices[3], row[5], row[6], row[7], row[8]])
+    return target
+
+
+def two_symbol_exchange(directory: Path, speed: float = 3600.0, **options: object) -> ExchangeServer:
+    """A started local exchange replaying BTCUSDT (real) and ETHUSDT (derived), on ephemeral ports."""
+    history = {"BTCUSDT": default_history_path(), "ETHUSDT": write_eth_history(directory)}
+    return start_exchange(history, speed=speed, **options)
