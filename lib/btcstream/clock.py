@@ -23,6 +23,7 @@ RATE_BASELINE_S = 0.2  # least local seconds between the two samples of a rate e
 RATE_WINDOW_S = 30.0  # the rate is measured over the samples of the last RATE_WINDOW_S local seconds
 RATE_SNAP = 0.02  # |rate - 1| below this is clock noise: take the rate as exactly 1
 SAMPLES_KEPT = 64
+JUMP_TOLERANCE_S = 1.0  # a sample further than this (and than round-trip noise) from the model resets it
 
 
 class ExchangeClock:
@@ -36,6 +37,7 @@ class ExchangeClock:
         self._samples: deque[tuple[float, float]] = deque(maxlen=SAMPLES_KEPT)  # (local s, exchange epoch s)
         self._lock = threading.Lock()
         self.rate = 1.0
+        self._rate_measured = False
         self.last_sync_local: float | None = None
         self.round_trip_s: float | None = None
 
@@ -56,6 +58,10 @@ class ExchangeClock:
         after = self._monotonic()
         sample = ((before + after) / 2, server.timestamp())
         with self._lock:
+            if self._rate_measured and self._jumped(sample, after - before):
+                log.info("exchange clock jumped (new replay speed or restarted server): measuring it afresh")
+                self._samples.clear()
+                self._rate_measured = False
             self._samples.append(sample)
             self.round_trip_s = after - before
             self.last_sync_local = after
@@ -66,6 +72,14 @@ class ExchangeClock:
             if sample[0] - oldest[0] >= RATE_BASELINE_S:
                 rate = (sample[1] - oldest[1]) / (sample[0] - oldest[0])
                 self.rate = 1.0 if abs(rate - 1.0) < RATE_SNAP else max(rate, 1e-9)
+                self._rate_measured = True
+
+    def _jumped(self, sample: tuple[float, float], round_trip_s: float) -> bool:
+        """True when `sample` is further from the model's prediction than the round trip can explain."""
+        anchor_local, anchor_exchange = self._samples[-1]
+        predicted = anchor_exchange + self.rate * (sample[0] - anchor_local)
+        tolerance = max(JUMP_TOLERANCE_S, self.rate * (round_trip_s + 0.05 * (sample[0] - anchor_local)))
+        return abs(sample[1] - predicted) > tolerance
 
     def at(self, local: float) -> datetime:
         """The exchange time at local monotonic time `local` (aware UTC)."""

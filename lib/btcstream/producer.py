@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 SOURCES = ("live", "replay")
 CLOCK_RESYNC_S = 1.0  # local seconds between clock syncs (weight 1 each: at most 60 of 6000 a minute)
 STATS_LOG_INTERVAL_S = 30.0  # local seconds between progress lines
-SHUTDOWN_FLUSH_TIMEOUT_S = 30.0
+SHUTDOWN_FLUSH_TIMEOUT_S = 60.0  # a broker restart takes tens of seconds
 IDLE_WAIT_CAP_S = 1.0  # longest single sleep, so a stop or a clock change is noticed quickly
 DEFAULT_REPLAY_SPEED = 60.0
 

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 DELIVERY_TIMEOUT_MS = 120_000  # then an undelivered record returns to the outbox
 MAX_BLOCK_MS = 5_000  # how long send() may wait for metadata/buffer before the record stays in the outbox
 REQUEST_TIMEOUT_MS = 15_000
+BOOTSTRAP_TIMEOUT_MS = 5_000  # one connection attempt at start; `connect` then waits and tries again
 RECONNECT_BACKOFF_S = (1.0, 30.0)  # first and longest wait between connection attempts at start
 LINGER_MS = 5  # a poll's ticks for several symbols travel in one request
 
@@ -162,6 +163,7 @@ class TickPublisher:
                              retries=2**31 - 1, delivery_timeout_ms=DELIVERY_TIMEOUT_MS, max_block_ms=MAX_BLOCK_MS,
                              request_timeout_ms=REQUEST_TIMEOUT_MS, linger_ms=LINGER_MS,
                              max_in_flight_requests_per_connection=5, client_id="btcstream-producer",
+                             bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
                              **kafka_python_options(self.settings))
 
 
@@ -171,6 +173,7 @@ def ensure_topic(settings: Settings) -> bool:
     Replication factor -1 takes the cluster's default (1 on the local single broker).
     """
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=REQUEST_TIMEOUT_MS,
+                             bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
                              client_id="btcstream-admin", **kafka_python_options(settings))
     try:
         if settings.topic in admin.list_topics():
