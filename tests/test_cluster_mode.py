@@ -113,3 +113,69 @@ def test_kafka_source_and_hdfs_sink_run_on_standalone_executors(standalone, test
     assert result["symbols"] == ["BTCUSDT"]
     assert result["block_managers"] >= 2  # the driver's and at least one executor's
     assert "btcstream-kafka-batch" in standalone.status().completed_apps
+
+
+STREAMING_JOB = """
+    import json, sys, time
+    from btcstream.settings import load_settings
+    from btcstream.spark import spark_session
+    from btcstream.streaming import job
+    settings = load_settings()
+    expected_hours, timeout_s = int(sys.argv[1]), float(sys.argv[2])
+    spark = spark_session(settings, sys.argv[3])
+
+    def committed_rows(dataset):
+        try:  # a file sink's directory read by Spark lists only files committed in _spark_metadata
+            return spark.read.parquet(settings.storage_url(dataset)).count()
+        except Exception:  # not created yet
+            return 0
+
+    queries = job.start_queries(spark, settings, trigger_interval_s=1.0)
+    started = time.monotonic()
+    try:
+        # The hourly rows of closed hours appear one batch after the watermark passes their end.
+        while committed_rows(job.HOURLY_DATASET) < expected_hours and time.monotonic() - started < timeout_s:
+            for query in queries:
+                query.processAllAvailable()
+            time.sleep(1.0)
+    finally:
+        job.stop_queries(queries)
+    print(json.dumps({"master": spark.sparkContext.master, "seconds": round(time.monotonic() - started, 1),
+                      "executors": spark.sparkContext._jsc.sc().getExecutorMemoryStatus().size() - 1,
+                      "raw": committed_rows(job.RAW_DATASET), "hourly": committed_rows(job.HOURLY_DATASET),
+                      "quarantine": committed_rows(job.QUARANTINE_DATASET)}))
+    spark.stop()
+"""
+CLOSED_HOURS = 3  # 10:00, 11:00, 12:00; 13:00 stays open (watermark 13:15)
+
+
+def test_streaming_job_on_standalone_writes_the_same_hourly_metrics_as_local(standalone, test_settings):
+    import pandas as pd
+
+    from btcstream.storage.readers import read_hourly_metrics, read_raw_ticks
+
+    records = ticks()
+    produce(test_settings, records)
+    runs = {"local": test_settings.replace(spark_master="local[2]", storage_root=test_settings.storage_url("local")),
+            "cluster": test_settings.replace(spark_master=standalone.master_url,
+                                             storage_root=test_settings.storage_url("cluster"))}
+    results = {label: run_driver(STREAMING_JOB, settings, str(CLOSED_HOURS), "300", f"btcstream-stream-{label}")
+               for label, settings in runs.items()}
+    print("cluster-mode runs:", results)
+
+    assert results["cluster"]["master"] == standalone.master_url and results["cluster"]["executors"] == 1
+    assert results["local"]["master"] == "local[2]" and results["local"]["executors"] == 0
+    for label, result in results.items():
+        assert (result["raw"], result["hourly"], result["quarantine"]) == (len(records), CLOSED_HOURS, 0), label
+    assert "btcstream-stream-cluster" in standalone.status().completed_apps
+
+    def hourly(settings: Settings) -> pd.DataFrame:
+        return read_hourly_metrics(settings).sort_values(["symbol", "window_start"]).reset_index(drop=True)
+
+    local, cluster = hourly(runs["local"]), hourly(runs["cluster"])
+    assert list(cluster["window_start"]) == [FIRST_TICK + timedelta(hours=h) for h in range(CLOSED_HOURS)]
+    assert list(cluster["tick_count"]) == [12] * CLOSED_HOURS
+    pd.testing.assert_frame_equal(cluster, local, check_exact=False, rtol=1e-12)
+    raw_local, raw_cluster = (read_raw_ticks(runs[label]).sort_values("event_time").reset_index(drop=True)
+                              for label in ("local", "cluster"))
+    pd.testing.assert_frame_equal(raw_cluster, raw_local, check_exact=False, rtol=1e-12)
