@@ -49,7 +49,7 @@ from replay_exchange import write_eth_history  # noqa: E402
 log = logging.getLogger("bench_producer")
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
-FULL_SPEED = 1e7  # simulated seconds per wall second: every 60 s slot is due at once
+FULL_SPEED = 36_000.0  # 10 simulated hours per wall second: a 60 s slot (1.7 ms) is due before a poll ends
 PRODUCER_RUN_S = 20.0
 POLL_CYCLES = 300
 CLIENT_RECORDS = 50_000

@@ -60,13 +60,14 @@ class ProducerStats:
     skipped: Counter[str] = field(default_factory=Counter)  # ticks not built, by reason
     incomplete: Counter[str] = field(default_factory=Counter)  # ticks sent with some fields null, by reason
     started_at: float = field(default_factory=time.monotonic, repr=False)
+    finished_at: float | None = field(default=None, repr=False)  # set when the run has flushed and stopped
 
     @property
     def skipped_total(self) -> int:
         return sum(self.skipped.values())
 
     def summary(self) -> str:
-        elapsed = time.monotonic() - self.started_at
+        elapsed = (self.finished_at or time.monotonic()) - self.started_at
         parts = [f"polls={self.polls}", f"sent={self.sent}", f"failed={self.failed}",
                  f"skipped={self.skipped_total}", f"pending={self.pending}"]
         if self.resent:
@@ -267,6 +268,7 @@ def _finish(publisher: TickPublisher, stats: ProducerStats) -> None:
         log.error("Kafka did not acknowledge %d accepted records within %.0f s: they are NOT delivered",
                   publisher.pending, SHUTDOWN_FLUSH_TIMEOUT_S)
     _copy_delivery_counts(publisher, stats)
+    stats.finished_at = time.monotonic()
     log.info("producer stopped: %s", stats.summary())
 
 
