@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import socket
+import subprocess
+import sys
 
 import pytest
 
 from btcstream.errors import SettingsError
-from btcstream.kafka_security import kafka_python_options, spark_kafka_options
+from btcstream.infra import processes
+from btcstream.infra.kafka import KafkaBroker
+from btcstream.kafka_security import JAAS_LOGIN_MODULES, jaas_quote, kafka_python_options, spark_kafka_options
 from btcstream.settings import Settings, load_settings
 
 SECRET = 'pa"ss\\w0rd-s3cr3t'
@@ -97,3 +104,115 @@ def test_incomplete_security_settings_fail_with_the_setting_named(tmp_path, chan
             build(settings)
         assert error.value.name == name
         assert "s3cr3t" not in str(error.value)
+
+
+# --- A real SASL broker: the options are accepted by Kafka itself, from kafka-python and from Spark ---
+
+SASL_USER, SASL_PASSWORD = "alice", 'al"ce\\s3cr3t pass'  # a quote, a backslash and a space, as in real secrets
+
+
+class SaslPlainBroker(KafkaBroker):
+    """The project's local broker with its client listener switched to SASL_PLAINTEXT + PLAIN."""
+
+    def prepare(self) -> None:
+        super().prepare()
+        port = self.ports["broker"]
+        text = self.config_file.read_text()
+        for old, new in ((f"PLAINTEXT://127.0.0.1:{port}", f"SASL_PLAINTEXT://127.0.0.1:{port}"),
+                         ("inter.broker.listener.name=PLAINTEXT", "inter.broker.listener.name=SASL_PLAINTEXT"),
+                         ("PLAINTEXT:PLAINTEXT", "SASL_PLAINTEXT:SASL_PLAINTEXT")):
+            assert old in text, old
+            text = text.replace(old, new)
+        self.config_file.write_text(text + "sasl.enabled.mechanisms=PLAIN\nsasl.mechanism.inter.broker.protocol=PLAIN\n")
+
+    def command(self) -> list[str]:
+        # On the command line rather than in server.properties, so the JAAS text is not also
+        # subject to .properties escaping.
+        users = (f'username="admin" password="admin-pw" user_admin="admin-pw" '
+                 f'user_{SASL_USER}="{jaas_quote(SASL_PASSWORD)}"')
+        return [*super().command(), "--override",
+                f"listener.name.sasl_plaintext.plain.sasl.jaas.config={JAAS_LOGIN_MODULES['PLAIN']} required {users};"]
+
+    def health(self) -> tuple[bool, str]:
+        from kafka import KafkaAdminClient
+
+        if not processes.port_answers(self.ports["broker"]):
+            return False, "broker port not open yet"
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap, request_timeout_ms=3000,
+                                     **kafka_python_options(self.settings))
+        except Exception as error:  # noqa: BLE001 (any failure means not ready yet)
+            return False, type(error).__name__
+        admin.close()
+        return True, "SASL metadata OK"
+
+
+def free_port_pair() -> int:
+    """An OS-assigned ephemeral port P on 127.0.0.1 with P+1 also free (broker and controller)."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port < 65535 and processes.port_is_free(port) and processes.port_is_free(port + 1):
+            return port
+    raise RuntimeError("no free pair of ports")
+
+
+@pytest.fixture(scope="module")
+def sasl_broker(tmp_path_factory):
+    settings = Settings(kafka_bootstrap=f"127.0.0.1:{free_port_pair()}", topic="secured-ticks",
+                        state_dir=tmp_path_factory.mktemp("sasl-kafka"), kafka_security_protocol="SASL_PLAINTEXT",
+                        kafka_sasl_mechanism="PLAIN", kafka_sasl_username=SASL_USER, kafka_sasl_password=SASL_PASSWORD)
+    broker = SaslPlainBroker(settings)
+    broker.start()
+    try:
+        yield settings
+    finally:
+        broker.stop()
+
+
+SPARK_READ = """
+import json
+from btcstream.kafka_security import spark_kafka_options
+from btcstream.settings import load_settings
+from btcstream.spark import spark_session
+settings = load_settings()
+spark = spark_session(settings, "sasl-read")
+rows = (spark.read.format("kafka").option("kafka.bootstrap.servers", settings.kafka_bootstrap)
+        .options(**spark_kafka_options(settings)).option("subscribe", settings.topic)
+        .option("startingOffsets", "earliest").load())
+print(json.dumps(sorted(r.value.decode() for r in rows.select("value").collect())))
+spark.stop()
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_kafka_python_and_spark_authenticate_to_a_real_sasl_broker(sasl_broker):
+    from kafka import KafkaProducer
+    from kafka.errors import KafkaError
+
+    settings = sasl_broker
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", **kafka_python_options(settings))
+    try:
+        for index in range(5):
+            producer.send(settings.topic, key=b"BTCUSDT", value=f'{{"n": {index}}}'.encode())
+        producer.flush(timeout=60)
+    finally:
+        producer.close()
+
+    wrong = settings.replace(kafka_sasl_password="not-the-password")
+    with pytest.raises(KafkaError):
+        KafkaProducer(bootstrap_servers=wrong.kafka_bootstrap, request_timeout_ms=5000, max_block_ms=10000,
+                      **kafka_python_options(wrong)).send(wrong.topic, b"x").get(timeout=15)
+
+    env = {key: value for key, value in os.environ.items() if not key.startswith("BTCSTREAM_")}
+    env.update({"BTCSTREAM_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "BTCSTREAM_TOPIC": settings.topic,
+                "BTCSTREAM_SPARK_MASTER": "local[1]", "BTCSTREAM_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+                "BTCSTREAM_KAFKA_SASL_MECHANISM": "PLAIN", "BTCSTREAM_KAFKA_SASL_USERNAME": SASL_USER,
+                "BTCSTREAM_KAFKA_SASL_PASSWORD": SASL_PASSWORD, "SPARK_LOCAL_IP": "127.0.0.1",
+                "PYSPARK_SUBMIT_ARGS": "--conf spark.ui.enabled=false pyspark-shell"})
+    done = subprocess.run([sys.executable, "-c", SPARK_READ], capture_output=True, text=True, env=env, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == sorted(f'{{"n": {i}}}' for i in range(5))
+    assert "s3cr3t" not in done.stderr  # Spark's own logs never print the JAAS password

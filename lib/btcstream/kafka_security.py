@@ -68,7 +68,7 @@ def spark_kafka_options(settings: Settings) -> SecretOptions:
         module = JAAS_LOGIN_MODULES[mechanism]
         options["kafka.sasl.mechanism"] = mechanism
         options["kafka.sasl.jaas.config"] = (
-            f'{module} required username="{_jaas_quote(username)}" password="{_jaas_quote(password)}";'
+            f'{module} required username="{jaas_quote(username)}" password="{jaas_quote(password)}";'
         )
     if protocol.endswith("SSL") and settings.kafka_ssl_cafile:
         options["kafka.ssl.truststore.type"] = "PEM"
@@ -107,6 +107,6 @@ def _cafile(settings: Settings) -> Path:
     return path
 
 
-def _jaas_quote(text: str) -> str:
+def jaas_quote(text: str) -> str:
     """Escape a value for a double-quoted JAAS option (Kafka parses it with Java's StreamTokenizer)."""
     return text.replace("\\", "\\\\").replace('"', '\\"')
