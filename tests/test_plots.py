@@ -103,10 +103,12 @@ def test_missing_columns_are_named() -> None:
         plots.spread_vs_volatility(pd.DataFrame({"symbol": [], "window_start": []}))
 
 
-def test_minute_chart_from_a_streaming_query() -> None:
-    minutes = pd.DataFrame({"symbol": ["BTCUSDT"] * 3,
-                            "minute": pd.date_range("2025-02-14 10:00", periods=3, freq="min", tz="UTC"),
+def test_window_chart_from_a_streaming_view() -> None:
+    windows = pd.DataFrame({"symbol": ["BTCUSDT"] * 3,
+                            "window_start": pd.date_range("2025-02-14 10:00", periods=3, freq="15min", tz="UTC"),
                             "avg_spread_bps": [0.1, 0.2, 0.3], "realized_volatility": [0.001, 0.002, 0.0]})
-    data = traces(plots.minute_spread_volatility(minutes))
+    figure = plots.window_spread_volatility(windows, "15 minutes")
+    data = traces(figure)
     np.testing.assert_allclose(plots.trace_values(data[0]["y"]), [0.1, 0.2, 0.3])
     np.testing.assert_allclose(plots.trace_values(data[1]["y"]), [0.001, 0.002, 0.0])
+    assert "15 minutes" in figure.layout.title.text

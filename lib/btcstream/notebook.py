@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from datetime import datetime, timezone
+from typing import Any, Callable
 
-from btcstream.errors import SettingsError
+import pandas as pd
+
+from btcstream.errors import PipelineError, SettingsError
 from btcstream.settings import Settings, load_settings
 from btcstream.storage.readers import TimeRange
 
@@ -20,6 +24,7 @@ from btcstream.storage.readers import TimeRange
 # `btcstream.report` turns it into offline HTML (plotly.js inlined once per page).
 PLOTLY_RENDERERS = "plotly_mimetype"
 NOTEBOOK_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+CATCH_UP_TIMEOUT_S = 180.0  # longest wait for a live view to take in what the topic holds
 
 
 def setup(log_level: str = "INFO") -> None:
@@ -67,3 +72,75 @@ def utc_time(text: str) -> datetime | None:
 def time_range(start: str = "", end: str = "") -> TimeRange:
     """The [start, end) range of two ISO strings, either possibly empty."""
     return TimeRange(utc_time(start), utc_time(end))
+
+
+def quiet_spark(spark: Any) -> Any:
+    """Keep only the JVM's errors in the notebook's output (its warnings are noise there); returns `spark`."""
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def watch(pipeline: Any, duration_s: float, every_s: float = 10.0) -> None:
+    """Show the pipeline's query progress as a table refreshed in place for `duration_s` seconds."""
+    from IPython.display import display
+
+    handle = display(pipeline.progress(), display_id=True)
+    pipeline.run_for(duration_s, every_s, on_progress=handle.update)
+
+
+def watch_view(query: Any, read: Callable[[], pd.DataFrame], draw: Callable[[pd.DataFrame], Any],
+               duration_s: float, every_s: float = 5.0, catch_up: bool = True) -> pd.DataFrame:
+    """Redraw `draw(read())` in place every `every_s` while `query` runs, then stop it; returns the last frame.
+
+    With `catch_up`, waits (up to CATCH_UP_TIMEOUT_S) until the query has taken in all the data
+    its source holds before the last drawing, so the final chart covers the whole topic.
+    """
+    from IPython.display import display
+
+    handle = display(_bundle(draw(read())), raw=True, display_id=True)
+    deadline = time.monotonic() + duration_s
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(min(every_s, max(deadline - time.monotonic(), 0.0)))
+            _raise_if_failed(query)
+            handle.update(_bundle(draw(read())), raw=True)
+        if catch_up:
+            wait_until_idle(query, CATCH_UP_TIMEOUT_S)
+        frame = read()
+        handle.update(_bundle(draw(frame)), raw=True)
+        return frame
+    finally:
+        query.stop()
+
+
+def wait_until_idle(query: Any, timeout_s: float) -> bool:
+    """True once a query has run a batch and sees no unprocessed data twice in a row; False on timeout."""
+    deadline = time.monotonic() + timeout_s
+    idle_checks = 0
+    while time.monotonic() < deadline:
+        _raise_if_failed(query)
+        status = query.status
+        idle = query.lastProgress is not None and not status["isDataAvailable"] and not status["isTriggerActive"]
+        idle_checks = idle_checks + 1 if idle else 0
+        if idle_checks >= 2:
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def _bundle(shown: Any) -> dict:
+    """The MIME bundle of a figure (or anything with one), so a display can be updated in place.
+
+    Plotly figures display themselves (`_ipython_display_`), which would append a new output on
+    every refresh; their bundle, displayed raw, keeps one output that each refresh replaces.
+    """
+    bundle = shown._repr_mimebundle_() if hasattr(shown, "_repr_mimebundle_") else None
+    if isinstance(bundle, tuple):
+        bundle = bundle[0]
+    return bundle or {"text/plain": repr(shown)}
+
+
+def _raise_if_failed(query: Any) -> None:
+    failure = query.exception()
+    if failure is not None:
+        raise PipelineError(f"streaming query {query.name} failed: {failure}")

@@ -123,22 +123,17 @@ def style_summary(table: pd.DataFrame) -> Any:
     }).set_caption("Hourly metrics per symbol (spread in quote currency and bps; volatility per hour)")
 
 
-def minute_spread_volatility(minutes: pd.DataFrame) -> go.Figure:
-    """Per-minute mean spread (bps) and volatility from a streaming query (columns: symbol, minute, ...)."""
-    _require(minutes, ("symbol", "minute", "avg_spread_bps", "realized_volatility"), base=())
+def window_spread_volatility(windows: pd.DataFrame, window_label: str = "window") -> go.Figure:
+    """Spread (bps) and realized volatility per event-time window from a live streaming view."""
+    _require(windows, ("avg_spread_bps", "realized_volatility"))
     figure = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
-                           subplot_titles=("Mean spread per minute (bps)", "Realized volatility per minute"))
-    colors = symbol_colors(minutes["symbol"].unique())
-    for symbol, rows in minutes.sort_values("minute").groupby("symbol", sort=True):
-        for row, column in ((1, "avg_spread_bps"), (2, "realized_volatility")):
-            figure.add_trace(go.Scatter(x=rows["minute"], y=rows[column], name=symbol, mode="lines+markers",
-                                        line=dict(color=colors[symbol]), legendgroup=symbol, showlegend=row == 1),
-                             row=row, col=1)
-    figure.update_yaxes(title_text="spread (bps)", row=1, col=1)
-    figure.update_yaxes(title_text="realized vol", tickformat=".3%", row=2, col=1)
-    figure.update_layout(title="Streaming: per-minute spread and volatility", height=560)
-    figure.update_xaxes(title_text="minute (UTC)", row=2, col=1)
-    figure.update_layout(template=TEMPLATE, hovermode="x unified")
+                           subplot_titles=(f"Mean spread per {window_label} (bps)",
+                                           f"Realized volatility per {window_label}"))
+    panels = (("avg_spread_bps", "spread (bps)", None), ("realized_volatility", "realized vol", ".3%"))
+    _time_lines(figure, windows, panels)
+    figure.update_layout(title=f"Streaming view: spread and volatility per {window_label}", height=560)
+    _finish(figure, rows=2)
+    figure.update_xaxes(title_text="window start (UTC)", row=2, col=1)
     return figure
 
 

@@ -264,3 +264,30 @@ def _select(frame: pd.DataFrame, time_column: str | None, time_range: TimeRange,
 
 def _upper(symbols: Iterable[str]) -> list[str]:
     return [symbol.strip().upper() for symbol in symbols]
+
+
+def dataset_summary(settings: Settings, datasets: Sequence[str] = (RAW_DATASET, HOURLY_DATASET, QUARANTINE_DATASET)) -> pd.DataFrame:
+    """Per dataset: committed files and rows (from the Parquet footers only, so it stays cheap)."""
+    fs = storage_filesystem(settings)
+    rows = []
+    for dataset in datasets:
+        files = committed_partition_files(settings, dataset)
+        count = 0
+        for path in files:
+            with fs.open(path, "rb") as handle:
+                count += pq.ParquetFile(handle).metadata.num_rows
+        rows.append({"dataset": dataset, "committed_files": len(files), "rows": count,
+                     "url": settings.storage_url(dataset)})
+    return pd.DataFrame(rows, columns=["dataset", "committed_files", "rows", "url"])
+
+
+def latest_time(settings: Settings, dataset: str = RAW_DATASET, column: str = "event_time") -> pd.Timestamp | None:
+    """The largest `column` of a dataset, reading only its newest partition's files (None if empty)."""
+    root = storage_path(settings, dataset)
+    files = chronological(committed_partition_files(settings, dataset), root)
+    if not files:
+        return None
+    newest = partition_values(files[-1], root)
+    last_partition = [f for f in files if partition_values(f, root) == newest]
+    frame = read_files(settings, dataset, last_partition, engine="pyarrow")
+    return frame[column].max() if column in frame.columns and len(frame) else None

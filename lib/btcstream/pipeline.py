@@ -1,0 +1,216 @@
+"""The whole pipeline in one process: local stack, replay exchange, producer and Spark streaming queries.
+
+`start_pipeline(settings)` brings everything up (starting Kafka/HDFS only if they are not already
+running) and returns a `Pipeline`; `pipeline.stop()` stops the producer, lets the queries drain
+everything it sent, then stops the queries, the exchange and (if asked) the stack it started.
+Notebook 01 and the demo use it. Not for: the job's logic (`btcstream.streaming.job`) or the
+producer's (`btcstream.producer`); this module only starts, watches and stops them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+
+from btcstream.errors import PipelineError
+from btcstream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("replay", "live")
+DEFAULT_REPLAY_SPEED = 1800.0  # exchange seconds per wall second: an hour of history every 2 s
+PRODUCER_JOIN_TIMEOUT_S = 60.0
+# The JVM's log lands in a notebook's output: keep only errors there (progress is shown as tables).
+NOTEBOOK_SPARK_LOG_LEVEL = "ERROR"  # the producer flushes to Kafka before it returns
+PROGRESS_COLUMNS = ("query", "batch", "input_rows", "input_rows_per_s", "processed_rows_per_s",
+                    "batch_ms", "watermark", "late_rows", "active")
+
+
+@dataclass
+class Pipeline:
+    """A running pipeline: the settings it runs with, its Spark queries and its producer thread."""
+
+    settings: Settings
+    spark: Any  # pyspark.sql.SparkSession
+    queries: list  # [pyspark.sql.streaming.StreamingQuery]
+    source: str
+    started_stack: bool = False
+    exchange: Any = None  # btcstream.exchange.ExchangeServer in replay mode
+    started_at: float = field(default_factory=time.monotonic)
+    _stop_producer: threading.Event = field(default_factory=threading.Event)
+    _producer: threading.Thread | None = None
+    _producer_result: dict[str, Any] = field(default_factory=dict)
+    stopped: bool = False
+
+    def progress(self) -> pd.DataFrame:
+        """One row per query: its latest batch, rates, batch time, watermark and late rows dropped."""
+        from btcstream.streaming.progress import late_rows
+
+        rows = []
+        for query in self.queries:
+            last = query.lastProgress or {}
+            rows.append({
+                "query": query.name, "batch": last.get("batchId"), "input_rows": last.get("numInputRows"),
+                "input_rows_per_s": _rounded(last.get("inputRowsPerSecond")),
+                "processed_rows_per_s": _rounded(last.get("processedRowsPerSecond")),
+                "batch_ms": (last.get("durationMs") or {}).get("triggerExecution"),
+                "watermark": (last.get("eventTime") or {}).get("watermark"),
+                "late_rows": late_rows(last) if last else 0, "active": query.isActive,
+            })
+        return pd.DataFrame(rows, columns=list(PROGRESS_COLUMNS))
+
+    def producer_stats(self) -> Any:
+        """The producer's counts once it has stopped (None while it runs)."""
+        return self._producer_result.get("stats")
+
+    def check(self) -> None:
+        """Raise PipelineError if the producer or a query has died."""
+        error = self._producer_result.get("error")
+        if error is not None:
+            raise PipelineError(f"the producer failed: {error}") from error
+        for query in self.queries:
+            if not query.isActive and not self.stopped:
+                failure = query.exception()
+                raise PipelineError(f"streaming query {query.name} stopped: {failure or 'no error reported'}")
+
+    def run_for(self, duration_s: float, report_every_s: float = 10.0, on_progress=None) -> None:
+        """Keep running for `duration_s`, logging (or passing `on_progress`) the progress table now and then."""
+        deadline = time.monotonic() + duration_s
+        while True:
+            self.check()
+            table = self.progress()
+            if on_progress is not None:
+                on_progress(table)
+            else:
+                log.info("progress:\n%s", table.to_string(index=False))
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            time.sleep(min(report_every_s, remaining))
+
+    def stop(self, drain: bool = True, stop_stack: bool = False) -> None:
+        """Stop the producer, let the queries take in all it sent (`drain`), stop them and the exchange.
+
+        With `stop_stack`, Kafka and HDFS are stopped too, but only if this pipeline started them.
+        """
+        if self.stopped:
+            return
+        from btcstream.streaming.job import HOURLY_QUERY, stop_queries
+
+        self._stop_producer.set()
+        if self._producer is not None:
+            self._producer.join(PRODUCER_JOIN_TIMEOUT_S)
+            if self._producer.is_alive():
+                log.error("the producer did not stop within %.0f s", PRODUCER_JOIN_TIMEOUT_S)
+        try:
+            if drain:
+                # Raw and quarantine first (they read Kafka), then hourly (it reads what raw committed).
+                for query in sorted(self.queries, key=lambda q: q.name == HOURLY_QUERY):
+                    if query.isActive:
+                        log.info("draining %s", query.name)
+                        query.processAllAvailable()
+        finally:
+            stop_queries(self.queries)
+            if self.exchange is not None:
+                self.exchange.stop()
+            self.stopped = True
+            if stop_stack and self.started_stack:
+                from btcstream.infra import stack
+
+                for line in stack.down(self.settings):
+                    log.info("%s", line)
+        stats = self.producer_stats()
+        log.info("pipeline stopped after %.0f s; producer: %s", time.monotonic() - self.started_at,
+                 stats.summary() if stats is not None else "no stats")
+
+
+def start_pipeline(settings: Settings, source: str = "replay", *, replay_speed: float = DEFAULT_REPLAY_SPEED,
+                   replay_start: datetime | None = None, start_stack: bool = True,
+                   trigger_interval_s: float | None = None) -> Pipeline:
+    """Start the stack (if needed and local), the exchange (replay), the Spark queries and the producer.
+
+    A replay starts at `replay_start`, else where the stored raw_data ends, else one day into the history.
+    """
+    if source not in SOURCES:
+        raise PipelineError(f"unknown source {source!r}; expected one of {', '.join(SOURCES)}")
+    started_stack = _ensure_stack(settings) if start_stack else False
+    exchange = None
+    if source == "replay":
+        from btcstream.exchange import start_exchange
+
+        if replay_start is None:
+            replay_start = _resume_point(settings)
+        exchange = start_exchange(speed=replay_speed, start=replay_start)
+        settings = exchange.settings_for(settings)
+    try:
+        from btcstream.publisher import ensure_topic
+        from btcstream.spark import spark_session
+        from btcstream.streaming.job import start_queries
+
+        ensure_topic(settings)  # Spark's Kafka source fails on a topic that does not exist yet
+        spark = spark_session(settings, "btcstream-pipeline")
+        spark.sparkContext.setLogLevel(NOTEBOOK_SPARK_LOG_LEVEL)
+        queries = start_queries(spark, settings, trigger_interval_s=trigger_interval_s)
+    except Exception:
+        if exchange is not None:
+            exchange.stop()
+        raise
+    pipeline = Pipeline(settings=settings, spark=spark, queries=queries, source=source,
+                        started_stack=started_stack, exchange=exchange)
+    pipeline._producer = threading.Thread(target=_produce, args=(pipeline, replay_speed), name="btcstream-producer",
+                                          daemon=True)
+    pipeline._producer.start()
+    log.info("pipeline running: %s -> Kafka %s topic %s -> Spark -> %s", source, settings.kafka_bootstrap,
+             settings.topic, settings.storage_root)
+    return pipeline
+
+
+def _produce(pipeline: Pipeline, replay_speed: float) -> None:
+    """The producer thread: runs until the pipeline's stop event; keeps its stats or its error."""
+    from btcstream.producer import run_producer
+
+    try:
+        pipeline._producer_result["stats"] = run_producer(
+            pipeline.settings, source=pipeline.source, stop_event=pipeline._stop_producer, replay_speed=replay_speed)
+    except Exception as error:  # reported by Pipeline.check() in the caller's thread
+        log.exception("producer failed")
+        pipeline._producer_result["error"] = error
+
+
+def _resume_point(settings: Settings) -> datetime | None:
+    """Where a replay continues: just after the newest stored tick, so a second run adds new hours.
+
+    Replaying the same hours again would be pointless: the job's checkpointed watermark is past
+    them (they would be dropped as late) and deduplication would drop them anyway.
+    """
+    from btcstream.storage.readers import latest_time
+
+    newest = latest_time(settings)
+    if newest is None:
+        return None  # the exchange's default: one day into the history
+    log.info("raw_data ends at %s: the replay continues from there", newest.isoformat())
+    return (newest + pd.Timedelta(minutes=1)).to_pydatetime()
+
+
+def _ensure_stack(settings: Settings) -> bool:
+    """Start the local Kafka/HDFS unless they already run; True when this call started them."""
+    from btcstream.infra import stack
+
+    if stack.all_healthy(settings):
+        return False
+    services, _ = stack.local_services(settings)
+    if not services:
+        return False
+    for line in stack.up(settings):
+        log.info("%s", line)
+    return True
+
+
+def _rounded(value: Any) -> Any:
+    return round(value, 1) if isinstance(value, (int, float)) else value
