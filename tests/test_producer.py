@@ -18,6 +18,7 @@ import pytest
 from kafka import KafkaConsumer
 
 from btcstream.clock import ExchangeClock
+from btcstream.errors import AccessDenied, BtcstreamError
 from btcstream.exchange import Fault
 from btcstream.producer import MarketPoller, ProducerStats, run_producer
 from btcstream.settings import Settings
@@ -138,6 +139,19 @@ def test_null_and_unreadable_fields_give_null_tick_fields_never_invented_ones(ex
     assert eth.volume_24h is not None
     assert poller.stats.incomplete["book_ticker_null_field"] == 2
     assert poller.stats.incomplete["ticker_24h_BadResponse"] == 1
+
+
+def test_a_restricted_location_stops_the_producer_with_the_cause(exchange):
+    poller = make_poller(exchange)
+    exchange.inject(Fault("451", api="binance", count=None))
+    with pytest.raises(AccessDenied, match="restricted location"):
+        poller.poll()
+
+
+def test_replay_without_history_for_a_symbol_is_a_clear_error():
+    settings = Settings(symbols=("BTCUSDT", "SOLUSDT"), kafka_bootstrap="127.0.0.1:1")
+    with pytest.raises(BtcstreamError, match="no history for SOLUSDT"):
+        run_producer(settings, source="replay", max_polls=1)
 
 
 def test_kafka_down_at_start_waits_with_a_clear_log_line(exchange, caplog):

@@ -26,7 +26,8 @@ from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Iterator
+from pathlib import Path
+from typing import Iterator, Mapping
 from urllib.parse import urlparse
 
 from btcstream.clock import ExchangeClock
@@ -168,12 +169,14 @@ class MarketPoller:
 
 
 def run_producer(settings: Settings, source: str = "live", max_polls: int | None = None,
-                 stop_event: threading.Event | None = None, replay_speed: float = DEFAULT_REPLAY_SPEED) -> ProducerStats:
+                 stop_event: threading.Event | None = None, replay_speed: float = DEFAULT_REPLAY_SPEED,
+                 replay_history: Mapping[str, Path | str] | None = None) -> ProducerStats:
     """Poll and publish until `max_polls` polls are done or `stop_event` is set; returns the counts.
 
     source="live": the Binance/CoinGecko URLs of `settings`. source="replay": the local exchange at
     `settings.binance_url` if that is a loopback URL (a `btcstream exchange` you started), else one
-    started in this process for the run (default history, `replay_speed`). Waits for Kafka if it
+    started in this process for the run (`replay_history` {symbol: kline CSV}, default the shipped
+    BTCUSDT history, at `replay_speed`). Waits for Kafka if it
     is down; delivers every accepted tick before returning (up to SHUTDOWN_FLUSH_TIMEOUT_S).
     Raises AccessDenied (451/403) at once: retrying cannot fix it.
     """
@@ -185,8 +188,13 @@ def run_producer(settings: Settings, source: str = "live", max_polls: int | None
         if source == "replay" and urlparse(settings.binance_url).hostname not in LOCAL_HOSTS:
             from btcstream.exchange import start_exchange
 
-            exchange = start_exchange(speed=replay_speed)
+            exchange = start_exchange(replay_history, speed=replay_speed)
             resources.callback(exchange.stop)
+            missing = [symbol for symbol in settings.symbols if symbol not in exchange.market.symbols]
+            if missing:
+                raise BtcstreamError(f"the replay exchange has no history for {', '.join(missing)} (it replays "
+                                     f"{', '.join(exchange.market.symbols)}): pass replay_history={{symbol: csv}} "
+                                     "or run `btcstream exchange --history SYMBOL=file.csv` and point BTCSTREAM_BINANCE_URL at it")
             settings = exchange.settings_for(settings)
         binance = BinanceClient(settings.binance_url)
         coingecko = CoinGeckoClient(settings.coingecko_url, api_key=settings.coingecko_api_key)
