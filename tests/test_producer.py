@@ -21,6 +21,7 @@ from btcstream.clock import ExchangeClock
 from btcstream.errors import AccessDenied, BtcstreamError
 from btcstream.exchange import Fault
 from btcstream.producer import MarketPoller, ProducerStats, run_producer
+from btcstream.publisher import TickPublisher
 from btcstream.settings import Settings
 from btcstream.sources.binance import BinanceClient
 from btcstream.sources.coingecko import CoinGeckoClient
@@ -272,3 +273,27 @@ def test_sigterm_stops_the_cli_producer_after_a_flush(test_settings):
     polls, sent = (int(re.search(rf"{name}=(\d+)", summary).group(1)) for name in ("polls", "sent"))
     assert sent == polls > 5 and "pending=0" in summary
     assert len(read_topic(test_settings, sent)) == sent
+
+
+@pytest.mark.integration
+def test_records_whose_delivery_expires_while_the_broker_is_away_are_sent_again(test_settings, restart_kafka):
+    publisher = TickPublisher(test_settings, delivery_timeout_ms=1_000)  # expire long before the broker is back
+    assert publisher.connect()
+    ticks = [Tick(symbol="BTCUSDT", event_time=f"2021-01-01T00:{minute:02d}:00+00:00",
+                  timestamp=datetime.now(timezone.utc).isoformat(), bid_price=1.0, ask_price=2.0, bid_qty=3.0, ask_qty=4.0)
+             for minute in range(20)]
+    for tick in ticks[:5]:
+        publisher.publish(tick)
+    assert publisher.flush(30)
+    restarting = threading.Thread(target=restart_kafka)
+    restarting.start()
+    time.sleep(1.0)  # the broker is going down
+    for tick in ticks[5:]:
+        publisher.publish(tick)
+    restarting.join(timeout=180)
+    assert publisher.flush(120)
+    publisher.close()
+    assert (publisher.counts.sent, publisher.counts.failed, publisher.pending) == (20, 0, 0)
+    assert publisher.counts.resent > 0  # the path under test: expired while away, then sent again
+    received = sorted(Tick.from_json(r.value).event_time for r in read_topic(test_settings, 20))
+    assert received == sorted(set(received)) == sorted(t.event_time for t in ticks)

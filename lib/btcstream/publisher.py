@@ -2,10 +2,12 @@
 
 - The kafka-python producer is idempotent (`enable_idempotence`, `acks=all`, unlimited retries), so
   its own retries after a lost acknowledgement never write a record twice.
-- A tick handed to `publish` is *accepted*: it sits in the outbox until Kafka acknowledges it. When
-  the client cannot take it (no broker for `max_block_ms`) it stays there; when a delivery expires
-  (broker away longer than `DELIVERY_TIMEOUT_MS`) it goes back in and is sent again later. Records
-  Kafka rejects for good (too large, not authorised) are counted as failed and logged, never dropped silently.
+- A tick handed to `publish` is *accepted*: it stays ours until Kafka acknowledges it. When the client
+  cannot take it (no broker for `MAX_BLOCK_MS`) it stays in the outbox; when a delivery fails for any
+  other reason than a rejection of the record (e.g. it expired: broker away longer than
+  `DELIVERY_TIMEOUT_MS`) it goes back in and is sent again later, which can duplicate a record whose
+  outcome was unknown but never loses one. Records Kafka rejects for good (too large, not authorised)
+  are counted as failed and logged, never dropped silently.
 - A broker that is down at start: `connect` waits and retries with a clear log line.
 - The topic is created when missing, with the partitions and retention from settings.
 
@@ -22,7 +24,9 @@ from dataclasses import dataclass, field
 
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient
-from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
+from kafka.errors import (ClusterAuthorizationFailedError, InvalidRecordError, InvalidTopicError, KafkaError,
+                          KafkaTimeoutError, MessageSizeTooLargeError, RecordListTooLargeError,
+                          TopicAlreadyExistsError, TopicAuthorizationFailedError, UnsupportedForMessageFormatError)
 
 from btcstream.kafka_security import kafka_python_options
 from btcstream.settings import Settings
@@ -36,6 +40,9 @@ REQUEST_TIMEOUT_MS = 15_000
 BOOTSTRAP_TIMEOUT_MS = 5_000  # one connection attempt at start; `connect` then waits and tries again
 RECONNECT_BACKOFF_S = (1.0, 30.0)  # first and longest wait between connection attempts at start
 LINGER_MS = 5  # a poll's ticks for several symbols travel in one request
+# Kafka's answers that reject a record for good (resending cannot help): counted as failed.
+PERMANENT_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError, InvalidTopicError,
+                    TopicAuthorizationFailedError, ClusterAuthorizationFailedError, UnsupportedForMessageFormatError)
 
 
 @dataclass
@@ -51,8 +58,10 @@ class DeliveryCounts:
 class TickPublisher:
     """Sends ticks keyed by symbol to `settings.topic`."""
 
-    def __init__(self, settings: Settings, stop: threading.Event | None = None) -> None:
+    def __init__(self, settings: Settings, stop: threading.Event | None = None,
+                 delivery_timeout_ms: int = DELIVERY_TIMEOUT_MS) -> None:
         self.settings = settings
+        self.delivery_timeout_ms = delivery_timeout_ms
         self.counts = DeliveryCounts()
         self._stop = stop or threading.Event()
         self._outbox: deque[Tick] = deque()
@@ -93,7 +102,7 @@ class TickPublisher:
 
     def drain(self) -> None:
         """Hand outbox records to the Kafka client until it cannot take more (broker unreachable)."""
-        if self._producer is None:
+        if self._producer is None and not self._replace_producer():
             return
         while True:
             with self.counts.lock:
@@ -112,6 +121,13 @@ class TickPublisher:
                     log.warning("Kafka at %s is not taking records (%s); holding %d accepted records and retrying",
                                 self.settings.kafka_bootstrap, error, held)
                     self._broker_down_logged = True
+                return
+            except KafkaError as error:  # the client itself is broken (e.g. a fatal producer state)
+                with self.counts.lock:
+                    self._in_flight -= 1
+                    self._outbox.appendleft(tick)
+                log.error("Kafka producer failed (%r): replacing it; accepted records are held", error)
+                self._replace_producer()
                 return
             future.add_callback(self._delivered)
             future.add_errback(self._undelivered, tick)
@@ -136,6 +152,18 @@ class TickPublisher:
             self._producer.close(timeout=5)
             self._producer = None
 
+    def _replace_producer(self) -> bool:
+        """One attempt at a fresh producer (no waiting); True when there is one."""
+        if self._producer is not None:
+            self._producer.close(timeout=0)
+            self._producer = None
+        try:
+            self._producer = self._new_producer()
+        except KafkaError as error:
+            log.warning("Kafka at %s is not reachable (%s); holding accepted records", self.settings.kafka_bootstrap, error)
+            return False
+        return True
+
     def _delivered(self, metadata: object) -> None:
         with self.counts.lock:
             self._in_flight -= 1
@@ -145,7 +173,10 @@ class TickPublisher:
             self._broker_down_logged = False
 
     def _undelivered(self, tick: Tick, error: Exception) -> None:
-        retriable = isinstance(error, KafkaTimeoutError) or getattr(error, "retriable", False)
+        # Only a rejection of the record itself is final; any other failure (expiry while the broker was
+        # away, a producer-epoch bump after sequence errors) goes back to the outbox: at worst a duplicate
+        # of an unknown outcome, never a loss.
+        retriable = not isinstance(error, PERMANENT_ERRORS)
         with self.counts.lock:
             self._in_flight -= 1
             if retriable:
@@ -160,8 +191,9 @@ class TickPublisher:
 
     def _new_producer(self) -> KafkaProducer:
         return KafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, enable_idempotence=True, acks="all",
-                             retries=2**31 - 1, delivery_timeout_ms=DELIVERY_TIMEOUT_MS, max_block_ms=MAX_BLOCK_MS,
-                             request_timeout_ms=REQUEST_TIMEOUT_MS, linger_ms=LINGER_MS,
+                             retries=2**31 - 1, delivery_timeout_ms=self.delivery_timeout_ms, max_block_ms=MAX_BLOCK_MS,
+                             request_timeout_ms=min(REQUEST_TIMEOUT_MS, self.delivery_timeout_ms - LINGER_MS),
+                             linger_ms=LINGER_MS,
                              max_in_flight_requests_per_connection=5, client_id="btcstream-producer",
                              bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
                              **kafka_python_options(self.settings))
