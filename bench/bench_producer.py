@@ -10,7 +10,7 @@ Writes bench/results/producer.md.
    as fast as it can: the ceiling the Python client sets.
 3. Kafka's `org.apache.kafka.tools.ProducerPerformance` (Java) on the same broker, same record size,
    acks=all, idempotent: the broker's ceiling.
-4. One poll cycle (clock sync when due, bookTicker, 24hr per symbol, CoinGecko when due, publish):
+4. One poll cycle (clock sync when due, bookTicker and 24hr for all symbols, CoinGecko when due, publish):
    wall ms and CPU ms of the producer process (the exchange runs in another process, so its CPU
    is not counted), median and p95 over many cycles.
 """
@@ -158,7 +158,7 @@ Producer run: {stats.summary()}.
 Kafka tool: `{perf_line}`
 
 The producer is bound by its HTTP polls, not by Kafka: each poll makes 1 bookTicker request for all
-symbols + 1 24hr request per symbol (+ a clock sync each second, CoinGecko when due) and yields one
+symbols + 1 24hr request for all symbols (+ a clock sync each second, CoinGecko when due) and yields one
 record per symbol. At the default 60 s interval a live producer needs {len(SYMBOLS)}/60 = {len(SYMBOLS) / 60:.3f} records/s.
 
 ## One poll cycle ({POLL_CYCLES} cycles, {len(SYMBOLS)} symbols, exchange in another process)

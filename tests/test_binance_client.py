@@ -99,6 +99,13 @@ def test_ticker_24h_raw_contract_and_parsed_values(exchange, client):
     assert "priceChange" not in mini and "lastPrice" in mini
 
 
+def test_24h_tickers_of_several_symbols_in_one_request(exchange, client):
+    calls = exchange.requests["binance /api/v3/ticker/24hr"]
+    tickers = client.tickers_24h(["BTCUSDT", "ETHUSDT"])
+    assert set(tickers) == {"BTCUSDT", "ETHUSDT"} and exchange.requests["binance /api/v3/ticker/24hr"] == calls + 1
+    assert tickers["ETHUSDT"].last_price < tickers["BTCUSDT"].last_price / 10
+
+
 def test_hourly_klines_are_the_real_bars_and_never_from_the_future(exchange, client):
     history = exchange.market.history("BTCUSDT")
     start = history.open_ms[0]

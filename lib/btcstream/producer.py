@@ -5,8 +5,8 @@ first_poll + k * poll_interval_s, so polls never drift, and against the local ex
 `--speed 3600` a 60 s interval gives one tick per simulated minute, 60 per wall second. A poll
 that cannot keep up skips the slots it missed (counted), it never bunches them.
 
-Per poll: `GET /api/v3/time` now and then (clock), one `bookTicker` request for all symbols (its
-midpoint, on the exchange clock, is every tick's `event_time`), one `24hr` request per symbol, and
+Per poll: `GET /api/v3/time` once a second at most (clock), one `bookTicker` request for all symbols
+(its midpoint, on the exchange clock, is every tick's `event_time`), one `24hr` request for all, and
 CoinGecko `/coins/markets` only when `coingecko_min_interval_s` of exchange time has passed since
 the last attempt; otherwise, or when it fails, its last good answer is reused with that answer's own
 `last_updated`. A symbol without a book ticker is skipped (reason counted); a missing 24 h or
@@ -117,6 +117,7 @@ class MarketPoller:
             log.warning("poll skipped for %s: %s", ",".join(symbols), error)
             return []
         event_time = self.clock.at((before + time.monotonic()) / 2)
+        days = self._tickers_24h(symbols)
         markets = self._coingecko(event_time)
         ticks = []
         for symbol in symbols:
@@ -124,16 +125,18 @@ class MarketPoller:
             if book is None:
                 self.stats.skipped["symbol_missing_from_book_ticker"] += 1
                 continue
-            ticks.append(self._tick(symbol, book, self._ticker_24h(symbol), markets.get(self.coin_ids[symbol] or ""), event_time))
+            day = days.get(symbol)
+            if day is None:
+                self.stats.incomplete["ticker_24h_missing"] += 1
+            ticks.append(self._tick(symbol, book, day, markets.get(self.coin_ids[symbol] or ""), event_time))
         return ticks
 
-    def _ticker_24h(self, symbol: str) -> Ticker24h | None:
+    def _tickers_24h(self, symbols: tuple[str, ...]) -> dict[str, Ticker24h]:
         try:
-            return self.binance.ticker_24h(symbol)
+            return self.binance.tickers_24h(symbols)
         except (RateLimited, SourceUnavailable, BadResponse) as error:
-            self.stats.incomplete[f"ticker_24h_{type(error).__name__}"] += 1
-            log.debug("24 h ticker of %s unavailable: %s", symbol, error)
-            return None
+            log.warning("24 h statistics unavailable, sending ticks without them: %s", error)
+            return {}
 
     def _coingecko(self, now: datetime) -> dict[str, CoinMarket]:
         ids = {coin_id for coin_id in self.coin_ids.values() if coin_id}
