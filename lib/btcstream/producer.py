@@ -55,7 +55,7 @@ class ProducerStats:
     polls: int = 0
     sent: int = 0  # acknowledged by Kafka
     failed: int = 0  # rejected for good by Kafka
-    resent: int = 0  # deliveries that expired while the broker was away and were sent again
+    resent: int = 0  # deliveries that failed without a rejection (e.g. expired, broker away) and went again
     pending: int = 0  # accepted but not yet acknowledged (non-zero only if the broker never came back)
     missed_slots: int = 0  # poll slots skipped because a poll ran late
     skipped: Counter[str] = field(default_factory=Counter)  # ticks not built, by reason
@@ -95,6 +95,7 @@ class MarketPoller:
         self.coin_ids = {symbol: coin_id_for_symbol(symbol) for symbol in settings.symbols}
         self._coingecko_last_attempt: datetime | None = None
         self._coingecko_good: dict[str, CoinMarket] = {}  # last good answer per coin, with its own last_updated
+        self._bans_logged: set[tuple[str, int]] = set()
         for symbol, coin_id in self.coin_ids.items():
             if coin_id is None:
                 log.warning("no CoinGecko id known for %s: its market cap fields stay null", symbol)
@@ -114,7 +115,7 @@ class MarketPoller:
             reason = {RateLimited: "binance_rate_limited", SourceUnavailable: "binance_unavailable",
                       BadResponse: "binance_bad_response"}[type(error)]
             self.stats.skipped[reason] += len(symbols)
-            log.warning("poll skipped for %s: %s", ",".join(symbols), error)
+            self._warn(f"poll skipped for {','.join(symbols)}", error)
             return []
         event_time = self.clock.at((before + time.monotonic()) / 2)
         days = self._tickers_24h(symbols)
@@ -135,7 +136,7 @@ class MarketPoller:
         try:
             return self.binance.tickers_24h(symbols)
         except (RateLimited, SourceUnavailable, BadResponse) as error:
-            log.warning("24 h statistics unavailable, sending ticks without them: %s", error)
+            self._warn("24 h statistics unavailable, sending ticks without them", error)
             return {}
 
     def _coingecko(self, now: datetime) -> dict[str, CoinMarket]:
@@ -147,9 +148,18 @@ class MarketPoller:
             try:
                 self._coingecko_good.update(self.coingecko.markets(ids))
             except (RateLimited, SourceUnavailable, BadResponse) as error:
-                log.warning("CoinGecko unavailable, reusing its last good answer: %s", error)
+                self._warn("CoinGecko unavailable, reusing its last good answer", error)
                 self.stats.incomplete[f"coingecko_{type(error).__name__}"] += 1
         return self._coingecko_good
+
+    def _warn(self, what: str, error: Exception) -> None:
+        """Log a failure once per ban (a replay at speed polls many times while a host is cooling down)."""
+        if isinstance(error, RateLimited):
+            key = (error.host, round(error.until))
+            if key in self._bans_logged:
+                return
+            self._bans_logged.add(key)
+        log.warning("%s: %s", what, error)
 
     def _tick(self, symbol: str, book: BookTicker, day: Ticker24h | None, market: CoinMarket | None,
               event_time: datetime) -> Tick:
@@ -179,9 +189,16 @@ def run_producer(settings: Settings, source: str = "live", max_polls: int | None
     source="live": the Binance/CoinGecko URLs of `settings`. source="replay": the local exchange at
     `settings.binance_url` if that is a loopback URL (a `btcstream exchange` you started), else one
     started in this process for the run (`replay_history` {symbol: kline CSV}, default the shipped
-    BTCUSDT history, at `replay_speed`). Waits for Kafka if it
-    is down; delivers every accepted tick before returning (up to SHUTDOWN_FLUSH_TIMEOUT_S).
+    BTCUSDT history, at `replay_speed`). Waits for Kafka if it is down; delivers every accepted tick
+    before returning (trying for up to SHUTDOWN_FLUSH_TIMEOUT_S; `pending` counts what is left).
     Raises AccessDenied (451/403) at once: retrying cannot fix it.
+
+    Example (a notebook; stop it from another cell with `stop.set()`):
+
+        stop = threading.Event()
+        worker = threading.Thread(target=run_producer, args=(settings,),
+                                  kwargs={"source": "replay", "replay_speed": 3600, "stop_event": stop})
+        worker.start()
     """
     if source not in SOURCES:
         raise BtcstreamError(f"unknown source {source!r}; expected one of {', '.join(SOURCES)}")
