@@ -51,7 +51,7 @@ class DeliveryCounts:
 
     sent: int = 0
     failed: int = 0  # rejected for good by Kafka (logged with the reason)
-    resent: int = 0  # deliveries that expired and went back to the outbox
+    resent: int = 0  # deliveries that failed without a rejection (e.g. expired) and went back to the outbox
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 

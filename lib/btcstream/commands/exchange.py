@@ -33,8 +33,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--port", type=int, default=8080, help="Binance port (0: any free port)")
     parser.add_argument("--coingecko-port", type=int, default=8081, help="CoinGecko port (0: any free port)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic intra-hour paths")
-    parser.add_argument("--fault", action="append", default=[], metavar="KIND[:PROBABILITY]",
-                        help=f"inject a fault on a share of requests, repeatable; kinds: {', '.join(FAULT_KINDS)}")
+    parser.add_argument("--fault", action="append", default=[], metavar="KIND[:PROBABILITY[:FIELD]]",
+                        help=f"inject a fault on a share of all requests (default every one), repeatable; kinds: "
+                             f"{', '.join(FAULT_KINDS)}; FIELD for null_field/missing_field (default bidPrice). "
+                             "Faults can also be added at run time: POST /_control/faults")
     parser.set_defaults(func=run)
 
 
@@ -48,9 +50,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     exchange = start_exchange(history or None, speed=args.speed, start=args.start, seed=args.seed,
                               host=args.host, binance_port=args.port, coingecko_port=args.coingecko_port)
     for spec in args.fault:
-        kind, _, probability = spec.partition(":")
-        exchange.inject(Fault(kind=kind, count=None, probability=float(probability or 1.0),
-                              field="bidPrice" if kind in ("null_field", "missing_field") else None))
+        kind, _, rest = spec.partition(":")
+        probability, _, field = rest.partition(":")
+        try:
+            exchange.inject(Fault(kind=kind, count=None, probability=float(probability or 1.0),
+                                  field=(field or "bidPrice") if kind in ("null_field", "missing_field") else None))
+        except ValueError as error:
+            exchange.stop()
+            raise BtcstreamError(f"--fault {spec!r}: {error}") from None
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
