@@ -9,7 +9,8 @@ import pytest
 import requests
 
 from btcstream.exchange import build_market, spawn_exchange
-from btcstream.exchange.history import HistoryError, default_history_path, load_history
+from btcstream.errors import HistoryError
+from btcstream.exchange.history import default_history_path, load_history
 from btcstream.exchange.market import DAY_MS, ReplayMarket, SimulatedClock
 from replay_exchange import two_symbol_exchange, write_eth_history
 

@@ -96,3 +96,11 @@ class CompactionError(BtcstreamError):
 
 class PipelineError(BtcstreamError):
     """A part of the pipeline (exchange, producer, streaming query) failed to start or while running."""
+
+
+class HistoryError(BtcstreamError):
+    """A kline CSV cannot be replayed by the local exchange (missing, malformed, or bars that break high >= open/close >= low)."""
+
+
+class UnknownSymbol(BtcstreamError):
+    """The local exchange has no history for this symbol."""

@@ -14,16 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from btcstream.errors import BtcstreamError
+from btcstream.errors import HistoryError
 
 DEFAULT_SYMBOL = "BTCUSDT"
 MICROSECOND_EPOCH_THRESHOLD = 10**14  # open times above this are in microseconds (ms epochs are ~1.7e12)
 MAX_DECIMALS = 8  # Binance formats every price and quantity with 8 decimals
 _COLUMNS = ("open_time", "open", "high", "low", "close", "volume", "close_time", "quote_volume", "count")
-
-
-class HistoryError(BtcstreamError):
-    """A kline CSV cannot be replayed (missing, malformed, or prices that break high >= open/close >= low)."""
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from btcstream.errors import BtcstreamError
+from btcstream.errors import UnknownSymbol
 from btcstream.exchange.history import History
 
 DAY_MS = 86_400_000
@@ -34,10 +34,6 @@ PATH_CACHE_BARS = 256  # synthetic paths kept per market (a 24 h window touches 
 QTY_LOG_MEAN = 1.0  # best-level size = average trade size * exp(N(QTY_LOG_MEAN, QTY_LOG_SIGMA))
 QTY_LOG_SIGMA = 1.0
 SPREAD_TICKS_P = 0.7  # spread in ticks ~ Geometric(p): one tick 70 % of the time, like liquid Binance books
-
-
-class UnknownSymbol(BtcstreamError):
-    """The local exchange has no history for this symbol."""
 
 
 class SimulatedClock:

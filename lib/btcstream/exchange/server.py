@@ -28,7 +28,8 @@ from urllib.parse import parse_qs, urlparse
 
 from btcstream.exchange import payloads
 from btcstream.exchange.faults import Fault, FaultPlan
-from btcstream.exchange.market import ReplayMarket, UnknownSymbol
+from btcstream.errors import UnknownSymbol
+from btcstream.exchange.market import ReplayMarket
 from btcstream.settings import Settings
 
 log = logging.getLogger(__name__)
