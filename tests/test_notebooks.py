@@ -75,14 +75,84 @@ def test_hourly_notebook_draws_stored_metrics(tmp_path: Path) -> None:
     assert "BTCUSDT" in run.html.read_text() and (tmp_path / "out/index.html").exists()
 
 
-def test_hourly_notebook_with_symbol_and_range(tmp_path: Path) -> None:
+def test_report_command_passes_parameters_to_one_notebook(tmp_path: Path, capsys) -> None:
+    from btcstream.cli import main
+
     root = f"file://{tmp_path}/store"
     write_file_sink(tmp_path / "store/hourly_metrics", hourly_frame(hours=6), "window_start")
 
-    (run,) = build_report({HOURLY_NOTEBOOK: {"storage_root": root, "symbols": "ethusdt",
-                                             "start": "2025-02-14T23:00", "end": "2025-02-15T01:00"}},
-                          [HOURLY_NOTEBOOK], tmp_path / "out")
+    code = main(["report", "--only", "03", "--output-dir", str(tmp_path / "out"), "-p", "03", "storage_root", root,
+                 "-p", "03", "symbols", "ethusdt", "-p", "03", "start", "2025-02-14T23:00",
+                 "-p", "03", "end", "2025-02-15T01:00"])
 
-    spread = figures(run.executed)[0]
+    assert code == 0 and "index.html" in capsys.readouterr().out
+    spread = figures(tmp_path / "out" / HOURLY_NOTEBOOK)[0]
     assert {trace["name"] for trace in spread["data"]} == {"ETHUSDT"}
     assert [x[:13] for x in spread["data"][0]["x"]] == ["2025-02-14T23", "2025-02-15T00"]
+    assert not (tmp_path / "out" / "01_start_pipeline.ipynb").exists()
+
+
+# --- the whole workbench against the real local stack ------------------------------------------
+
+def independent_window_metrics(raw: pd.DataFrame, minutes: int) -> pd.DataFrame:
+    """Per symbol and window: mean spread_bps, tick count, realized volatility, computed in pandas."""
+    rows = []
+    for (symbol, start), ticks in raw.groupby(["symbol", raw["event_time"].dt.floor(f"{minutes}min")]):
+        mids = ticks.sort_values("event_time")["mid_price"].to_numpy()
+        returns = np.log(mids[1:] / mids[:-1])
+        rows.append({"symbol": symbol, "window_start": start, "avg_spread_bps": ticks["spread_bps"].mean(),
+                     "tick_count": len(ticks), "realized_volatility": float(np.sqrt(np.sum(returns ** 2)))})
+    return pd.DataFrame(rows).sort_values(["symbol", "window_start"]).reset_index(drop=True)
+
+
+def text_outputs(executed: Path) -> str:
+    notebook = nbformat.read(str(executed), as_version=4)
+    parts = []
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            parts.append(output.get("text", "") if output.get("output_type") == "stream"
+                         else output.get("data", {}).get("text/plain", ""))
+    return "\n".join(parts)
+
+
+@pytest.mark.integration
+def test_notebooks_run_the_pipeline_and_chart_what_it_stored(test_settings: Settings, tmp_path: Path) -> None:
+    from btcstream.report import PIPELINE_NOTEBOOK, STREAMING_NOTEBOOK
+    from btcstream.storage.readers import read_raw_ticks
+
+    common = {"storage_root": test_settings.storage_root, "topic": test_settings.topic, "spark_master": "local[2]"}
+    runs = build_report({
+        PIPELINE_NOTEBOOK: {**common, "duration_s": 40, "replay_speed": 1800, "progress_every_s": 5,
+                            "replay_start": "2021-05-19T00:00"},
+        STREAMING_NOTEBOOK: {**common, "duration_s": 8, "refresh_every_s": 4, "window": "15 minutes"},
+        HOURLY_NOTEBOOK: {"storage_root": test_settings.storage_root, "engine": "pyarrow"},
+    }, output_dir=tmp_path / "reports")
+    pipeline_run, streaming_run, hourly_run = runs
+    for run in runs:
+        assert errors(run.executed) == [], run.notebook
+        assert_offline_html(run.html, figure_count=len(figures(run.executed)))
+
+    # 01: every tick the producer sent is in raw_data exactly once; hours were closed and stored.
+    raw = read_raw_ticks(test_settings, engine="pyarrow")
+    sent = int(re.findall(r"polls=\d+ sent=(\d+)", text_outputs(pipeline_run.executed))[-1])  # the final count
+    assert sent > 100 and len(raw) == sent
+    assert not raw.duplicated(["symbol", "event_time"]).any()
+    assert raw["event_time"].min() >= pd.Timestamp("2021-05-19", tz="UTC")  # the replay of that day
+    assert "btcstream_raw" in text_outputs(pipeline_run.executed)  # the progress table was shown
+    hourly = read_hourly_metrics(test_settings, engine="pyarrow")
+    assert len(hourly) >= 3
+
+    # 02: the live view's final chart equals an independent pandas computation over raw_data.
+    (window_figure,) = figures(streaming_run.executed)
+    expected = independent_window_metrics(raw, 15)
+    trace_by_axis = {trace["yaxis"]: trace for trace in window_figure["data"] if trace["name"] == "BTCUSDT"}
+    np.testing.assert_allclose(plots.trace_values(trace_by_axis["y"]["y"]), expected["avg_spread_bps"], rtol=1e-9)
+    np.testing.assert_allclose(plots.trace_values(trace_by_axis["y2"]["y"]), expected["realized_volatility"],
+                               rtol=1e-9, atol=1e-15)
+
+    # 03: the charts hold exactly the stored hourly_metrics, read here over WebHDFS.
+    shown = figures(hourly_run.executed)
+    assert len(shown) == 4
+    assert_spread_volatility_figure_matches(shown[0], hourly)
+    band = {trace["name"]: trace for trace in shown[1]["data"]}
+    np.testing.assert_allclose(plots.trace_values(band["BTCUSDT high"]["y"]), hourly["high_price"])

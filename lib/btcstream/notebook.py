@@ -37,8 +37,9 @@ def setup(log_level: str = "INFO") -> None:
     handler.setFormatter(logging.Formatter(NOTEBOOK_LOG_FORMAT))
     root.addHandler(handler)
     root.setLevel(log_level.upper())
-    for noisy in ("py4j", "kafka", "urllib3", "fsspec"):
+    for noisy in ("py4j", "urllib3", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("kafka").setLevel(logging.ERROR)  # its event-loop timing warnings are noise here
     pio.renderers.default = PLOTLY_RENDERERS
 
 

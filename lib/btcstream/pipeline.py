@@ -28,7 +28,7 @@ DEFAULT_REPLAY_SPEED = 1800.0  # exchange seconds per wall second: an hour of hi
 PRODUCER_JOIN_TIMEOUT_S = 60.0
 # The JVM's log lands in a notebook's output: keep only errors there (progress is shown as tables).
 NOTEBOOK_SPARK_LOG_LEVEL = "ERROR"  # the producer flushes to Kafka before it returns
-PROGRESS_COLUMNS = ("query", "batch", "input_rows", "input_rows_per_s", "processed_rows_per_s",
+PROGRESS_COLUMNS = ("query", "running_s", "batch", "input_rows", "input_rows_per_s", "processed_rows_per_s",
                     "batch_ms", "watermark", "late_rows", "active")
 
 
@@ -49,21 +49,26 @@ class Pipeline:
     stopped: bool = False
 
     def progress(self) -> pd.DataFrame:
-        """One row per query: its latest batch, rates, batch time, watermark and late rows dropped."""
+        """One row per query: seconds since the start, its latest batch, rates, batch time, watermark, late rows."""
         from btcstream.streaming.progress import late_rows
 
         rows = []
+        running_s = round(time.monotonic() - self.started_at)
         for query in self.queries:
             last = query.lastProgress or {}
             rows.append({
-                "query": query.name, "batch": last.get("batchId"), "input_rows": last.get("numInputRows"),
+                "query": query.name, "running_s": running_s, "batch": last.get("batchId"),
+                "input_rows": last.get("numInputRows"),
                 "input_rows_per_s": _rounded(last.get("inputRowsPerSecond")),
                 "processed_rows_per_s": _rounded(last.get("processedRowsPerSecond")),
                 "batch_ms": (last.get("durationMs") or {}).get("triggerExecution"),
                 "watermark": (last.get("eventTime") or {}).get("watermark"),
                 "late_rows": late_rows(last) if last else 0, "active": query.isActive,
             })
-        return pd.DataFrame(rows, columns=list(PROGRESS_COLUMNS))
+        table = pd.DataFrame(rows, columns=list(PROGRESS_COLUMNS))
+        for counter in ("batch", "input_rows", "batch_ms", "late_rows"):
+            table[counter] = table[counter].astype("Int64")  # a query without a batch yet shows <NA>
+        return table
 
     def producer_stats(self) -> Any:
         """The producer's counts once it has stopped (None while it runs)."""
@@ -140,27 +145,27 @@ def start_pipeline(settings: Settings, source: str = "replay", *, replay_speed: 
     if source not in SOURCES:
         raise PipelineError(f"unknown source {source!r}; expected one of {', '.join(SOURCES)}")
     started_stack = _ensure_stack(settings) if start_stack else False
+    from btcstream.publisher import ensure_topic
+    from btcstream.spark import spark_session
+    from btcstream.streaming.job import start_queries, stop_queries
+
+    if source == "replay" and replay_start is None:
+        replay_start = _resume_point(settings)
+    ensure_topic(settings)  # Spark's Kafka source fails on a topic that does not exist yet
+    spark = spark_session(settings, "btcstream-pipeline")
+    spark.sparkContext.setLogLevel(NOTEBOOK_SPARK_LOG_LEVEL)
+    queries = start_queries(spark, settings, trigger_interval_s=trigger_interval_s)
     exchange = None
     if source == "replay":
+        # Only now: the replay clock runs from the exchange's start, and Spark takes a while to start.
         from btcstream.exchange import start_exchange
 
-        if replay_start is None:
-            replay_start = _resume_point(settings)
-        exchange = start_exchange(speed=replay_speed, start=replay_start)
+        try:
+            exchange = start_exchange(speed=replay_speed, start=replay_start)
+        except Exception:
+            stop_queries(queries)
+            raise
         settings = exchange.settings_for(settings)
-    try:
-        from btcstream.publisher import ensure_topic
-        from btcstream.spark import spark_session
-        from btcstream.streaming.job import start_queries
-
-        ensure_topic(settings)  # Spark's Kafka source fails on a topic that does not exist yet
-        spark = spark_session(settings, "btcstream-pipeline")
-        spark.sparkContext.setLogLevel(NOTEBOOK_SPARK_LOG_LEVEL)
-        queries = start_queries(spark, settings, trigger_interval_s=trigger_interval_s)
-    except Exception:
-        if exchange is not None:
-            exchange.stop()
-        raise
     pipeline = Pipeline(settings=settings, spark=spark, queries=queries, source=source,
                         started_stack=started_stack, exchange=exchange)
     pipeline._producer = threading.Thread(target=_produce, args=(pipeline, replay_speed), name="btcstream-producer",
