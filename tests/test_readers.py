@@ -204,3 +204,32 @@ def test_data_command_lists_committed_state_and_prints_rows(settings: Settings, 
     assert "2025-02-14 22:00:00+00:00" in out and "2025-02-14 21:00:00+00:00" not in out and "BTCUSDT" not in out
     assert main(["data", "head", "hourly_metrics", "-n", "1"]) == 0
     assert "2025-02-14 21:00:00+00:00" in capsys.readouterr().out
+
+
+def upload_dataset(local: Path, settings: Settings, dataset: str) -> None:
+    """Copy a dataset written by `write_file_sink` to the storage root, its sink log pointing at the copies."""
+    from btcstream.storage.filesystem import storage_filesystem, storage_path
+
+    fs = storage_filesystem(settings)
+    remote = storage_path(settings, dataset)
+    for path in local.rglob("*.parquet"):
+        fs.put_file(str(path), f"{remote}/{path.relative_to(local)}")
+    log_text = (local / "_spark_metadata" / "0").read_text().replace(f"file://{local}", settings.storage_url(dataset))
+    with fs.open(f"{remote}/_spark_metadata/0", "wb") as handle:
+        handle.write(log_text.encode())
+
+
+@pytest.mark.integration
+def test_hdfs_reads_without_a_jvm_and_with_spark_agree(test_settings: Settings, tmp_path: Path) -> None:
+    frame = hourly_frame(hours=6)
+    write_file_sink(tmp_path / "hourly_metrics", frame, "window_start",
+                    uncommitted=frame.head(2).assign(avg_price=-1.0))
+    upload_dataset(tmp_path / "hourly_metrics", test_settings, "hourly_metrics")
+    window = TimeRange(T0 + timedelta(hours=1), T0 + timedelta(hours=5))
+
+    over_webhdfs = read_hourly_metrics(test_settings, window, engine="pyarrow")
+    with_spark = read_hourly_metrics(test_settings.replace(spark_master="local[2]"), window, engine="spark")
+
+    pd.testing.assert_frame_equal(over_webhdfs[list(HOURLY_COLUMNS)], expected(frame, window), check_dtype=False)
+    pd.testing.assert_frame_equal(with_spark[over_webhdfs.columns.tolist()], over_webhdfs, check_dtype=False)
+    assert (over_webhdfs["avg_price"] > 0).all()
