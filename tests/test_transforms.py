@@ -56,7 +56,7 @@ def kafka_frame(spark, values: list[bytes]):
 
 def to_pandas_ticks(ticks: list[tick.Tick]) -> pd.DataFrame:
     frame = pd.DataFrame([t.__dict__ for t in ticks])
-    frame["event_time"] = pd.to_datetime(frame["event_time"], utc=True)
+    frame["event_time"] = pd.to_datetime(frame["event_time"], utc=True, format="ISO8601")
     return frame
 
 

@@ -182,6 +182,11 @@ def stop_queries(queries: Iterable[StreamingQuery]) -> None:
         if query.isActive:
             log.info("stopping %s", query.name)
             query.stop()
+        # Spark reports the termination asynchronously, possibly after this process has exited.
+        with _listeners_lock:
+            for listener in _listeners.values():
+                if query.name in listener.writers:
+                    listener.writers[query.name].mark_stopped(query.name, None)
 
 
 class _ProgressListener(StreamingQueryListener):

@@ -133,7 +133,8 @@ class ProgressWriter:
             if document is None:
                 return
             document["stopped_at"] = datetime.now(timezone.utc).isoformat()
-            document["error"] = error
+            if error is not None:  # a clean stop never hides an earlier failure
+                document["error"] = error
             self._write(progress_path(self.settings, name), document)
 
     def _write(self, path: str, document: dict[str, Any]) -> None:
