@@ -187,6 +187,11 @@ def test_spark_engine_reads_the_same_committed_rows(settings: Settings, tmp_path
     pd.testing.assert_frame_equal(got[reference.columns.tolist()], reference, check_dtype=False)
     assert not math.isclose(got["avg_price"].min(), -1.0) and np.isfinite(got["realized_volatility"]).all()
 
+    from btcstream.storage.readers import spark_dataset
+
+    frame = spark_dataset(settings, "hourly_metrics", "window_start", TimeRange(T0 + timedelta(hours=1)), ["BTCUSDT"])
+    assert frame.count() == 3 and frame.agg({"avg_price": "min"}).first()[0] > 0
+
 
 def test_data_command_lists_committed_state_and_prints_rows(settings: Settings, tmp_path: Path, capsys,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:

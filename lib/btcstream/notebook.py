@@ -86,7 +86,11 @@ def watch(pipeline: Any, duration_s: float, every_s: float = 10.0) -> None:
     from IPython.display import display
 
     handle = display(pipeline.progress(), display_id=True)
-    pipeline.run_for(duration_s, every_s, on_progress=handle.update)
+    try:
+        pipeline.run_for(duration_s, every_s, on_progress=handle.update)
+    except BaseException:  # a failed part or an interrupt: leave nothing running behind
+        pipeline.stop(drain=False)
+        raise
 
 
 def watch_view(query: Any, read: Callable[[], pd.DataFrame], draw: Callable[[pd.DataFrame], Any],
@@ -144,4 +148,4 @@ def _bundle(shown: Any) -> dict:
 def _raise_if_failed(query: Any) -> None:
     failure = query.exception()
     if failure is not None:
-        raise PipelineError(f"streaming query {query.name} failed: {failure}")
+        raise PipelineError(f"streaming query {query.name} failed: {str(failure).strip().splitlines()[0]}")

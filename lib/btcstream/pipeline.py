@@ -82,7 +82,8 @@ class Pipeline:
         for query in self.queries:
             if not query.isActive and not self.stopped:
                 failure = query.exception()
-                raise PipelineError(f"streaming query {query.name} stopped: {failure or 'no error reported'}")
+                reason = str(failure).strip().splitlines()[0] if failure else "no error reported"
+                raise PipelineError(f"streaming query {query.name} stopped: {reason}")
 
     def run_for(self, duration_s: float, report_every_s: float = 10.0, on_progress=None) -> None:
         """Keep running for `duration_s`, logging (or passing `on_progress`) the progress table now and then."""

@@ -212,15 +212,39 @@ def _read_duckdb(settings: Settings, dataset: str, files: list[str]) -> pd.DataF
 
 
 def _read_spark(settings: Settings, dataset: str, files: list[str]) -> pd.DataFrame:
+    return _spark_files(settings, dataset, files).toPandas()
+
+
+def spark_dataset(settings: Settings, dataset: str, time_column: str | None = None,
+                  time_range: TimeRange = TimeRange(), symbols: Sequence[str] | None = None):  # -> pyspark DataFrame
+    """The committed rows of a dataset as a Spark DataFrame, for scans too big for pandas.
+
+    Same files as the pandas readers (partition-pruned), with the range and symbols as Spark filters.
+    """
+    from pyspark.sql import functions as F
+
+    files = committed_partition_files(settings, dataset, time_range)
+    if not files:
+        raise StorageReadError(f"{settings.storage_url(dataset)} has no committed files in that range")
+    frame = _spark_files(settings, dataset, files)
+    if time_column and time_range.start is not None:
+        frame = frame.where(F.col(time_column) >= F.lit(time_range.start))
+    if time_column and time_range.end is not None:
+        frame = frame.where(F.col(time_column) < F.lit(time_range.end))
+    if symbols is not None:
+        frame = frame.where(F.col("symbol").isin(_upper(symbols)))
+    return frame
+
+
+def _spark_files(settings: Settings, dataset: str, files: list[str]):
     """Spark reads exactly the committed files; `basePath` keeps the partition columns."""
     from btcstream.spark import spark_session
 
     spark = spark_session(settings, "btcstream-reader", with_kafka=False)
     root_url = urlparse(settings.storage_root)
     urls = [f"{root_url.scheme}://{root_url.netloc}{path}" for path in files]
-    frame = (spark.read.option("basePath", settings.storage_url(dataset))
-             .option("mergeSchema", "true").parquet(*urls))
-    return frame.toPandas()
+    return (spark.read.option("basePath", settings.storage_url(dataset))
+            .option("mergeSchema", "true").parquet(*urls))
 
 
 def normalise_frame(frame: pd.DataFrame) -> pd.DataFrame:
