@@ -1,6 +1,7 @@
 # btcstream: the two commands a new user needs.
 #   make demo   set up everything, then run the offline end-to-end demo (report in reports/)
 #   make test   set up everything, then run the whole test suite against the real local stack
+#               (PYTEST_ARGS="-k producer" narrows it)
 # Both create .venv, install the package, and resolve the JVM jars (Kafka, HDFS, Spark's Kafka
 # connector) from Maven Central into ~/.cache/btcstream on the first run; later runs are offline.
 
@@ -30,7 +31,7 @@ demo: jars
 
 test: jars
 	-@[ "$$(id -u)" = 0 ] && bash .ci/install-compose.sh || echo "note: not root, docker-compose not installed; its validation test will say so"
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not integration"
