@@ -13,21 +13,10 @@ import urllib.request
 
 from btcstream.infra import artifacts
 from btcstream.infra.java import java_executable
-from btcstream.infra.service import LocalService
+from btcstream.infra.service import LocalService, log4j2_config
 
 HEAP = "-Xmx768m"
 _FORMATTED_MARKER = ".formatted"
-_LOG4J2 = """\
-status = warn
-appender.console.type = Console
-appender.console.name = console
-appender.console.layout.type = PatternLayout
-appender.console.layout.pattern = %d{ISO8601}{UTC}Z %p %c{1}: %m%n
-rootLogger.level = warn
-rootLogger.appenderRef.console.ref = console
-logger.mini.name = org.apache.hadoop.hdfs.MiniDFSCluster
-logger.mini.level = info
-"""
 
 
 class Hdfs(LocalService):
@@ -41,7 +30,7 @@ class Hdfs(LocalService):
 
     def prepare(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        (self.home / "log4j2.properties").write_text(_LOG4J2)
+        (self.home / "log4j2.properties").write_text(log4j2_config("org.apache.hadoop.hdfs.MiniDFSCluster"))
 
     @property
     def formatted(self) -> bool:

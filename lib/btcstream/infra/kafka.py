@@ -9,20 +9,9 @@ import subprocess
 from btcstream.errors import InfraError
 from btcstream.infra import artifacts, processes
 from btcstream.infra.java import java_executable
-from btcstream.infra.service import LocalService
+from btcstream.infra.service import LocalService, log4j2_config
 
 HEAP = "-Xmx512m"
-_LOG4J2 = """\
-status = warn
-appender.console.type = Console
-appender.console.name = console
-appender.console.layout.type = PatternLayout
-appender.console.layout.pattern = [%d{ISO8601}{UTC}Z] %p %m (%c)%n
-rootLogger.level = warn
-rootLogger.appenderRef.console.ref = console
-logger.server.name = kafka.server
-logger.server.level = info
-"""
 
 
 class KafkaBroker(LocalService):
@@ -62,7 +51,7 @@ class KafkaBroker(LocalService):
             "auto.create.topics.enable=true",
             "",
         ]))
-        (self.home / "log4j2.properties").write_text(_LOG4J2)
+        (self.home / "log4j2.properties").write_text(log4j2_config("kafka.server"))
         if not (self.data_dir / "meta.properties").exists():
             self._format_storage()
 

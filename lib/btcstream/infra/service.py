@@ -15,6 +15,22 @@ from btcstream.settings import Settings
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 180.0  # first start of HDFS formats the NameNode; a cold JVM on 2 cores is slow
+_LOG4J2_TEMPLATE = """\
+status = warn
+appender.console.type = Console
+appender.console.name = console
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = %d{{ISO8601}}{{UTC}}Z %p %c{{1}}: %m%n
+rootLogger.level = warn
+rootLogger.appenderRef.console.ref = console
+logger.lifecycle.name = {lifecycle_logger}
+logger.lifecycle.level = info
+"""
+
+
+def log4j2_config(lifecycle_logger: str) -> str:
+    """A log4j2 configuration: warnings and errors, plus INFO from the logger that reports start/stop."""
+    return _LOG4J2_TEMPLATE.format(lifecycle_logger=lifecycle_logger)
 
 
 @dataclass(frozen=True)
