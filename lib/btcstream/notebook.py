@@ -28,12 +28,12 @@ CATCH_UP_TIMEOUT_S = 180.0  # longest wait for a live view to take in what the t
 
 
 def setup(log_level: str = "INFO") -> None:
-    """Configure logging (to the cell's stderr) and plotly's renderers; call once at the top."""
+    """Configure logging (to the cell's output) and plotly's renderers; call once at the top."""
     import plotly.io as pio
 
     root = logging.getLogger()
     root.handlers.clear()
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(sys.stdout)  # stdout: the report shows it as plain output, not as an error
     handler.setFormatter(logging.Formatter(NOTEBOOK_LOG_FORMAT))
     root.addHandler(handler)
     root.setLevel(log_level.upper())

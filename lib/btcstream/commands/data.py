@@ -1,9 +1,9 @@
 """`btcstream data ls | head | hourly`: what is stored under the storage root, and a quick look at rows.
 
 `ls` is `hdfs dfs -ls` that also knows the file sink's log: each Parquet file is marked committed
-or not (an uncommitted file is half-written or from a failed batch and readers skip it). `head`
-shows rows of a dataset; `hourly` prints hourly metrics. All reads go through
-`btcstream.storage.readers`, so they need no JVM.
+or not (an uncommitted file is half-written, from a failed batch or replaced by `btcstream compact`;
+readers skip it). `head` shows rows of a dataset; `hourly` prints hourly metrics. All reads go
+through `btcstream.storage.readers`, so they need no JVM.
 """
 
 from __future__ import annotations
