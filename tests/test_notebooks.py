@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from btcstream import plots
-from btcstream.report import HOURLY_NOTEBOOK, PLOTLY_MIME, build_report
+from btcstream.report import HOURLY_NOTEBOOK, NOTEBOOK_DIR, NOTEBOOKS, PLOTLY_MIME, build_report
 from btcstream.settings import Settings
 from btcstream.storage.readers import read_hourly_metrics
 from test_readers import hourly_frame, write_file_sink
@@ -55,6 +55,19 @@ def assert_offline_html(html: Path, figure_count: int) -> None:
     assert not re.findall(r"<script[^>]+src=[\"']https?://", text), "the report must not load scripts from the network"
     assert text.count("Plotly.newPlot(") == figure_count
     assert "plotly.js v" in text  # the library itself is inlined
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebooks_are_thin_stripped_and_documented(name: str) -> None:
+    from papermill.inspection import inspect_notebook
+
+    notebook = nbformat.read(str(NOTEBOOK_DIR / name), as_version=4)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert [cell for cell in code if "parameters" in cell.metadata.get("tags", [])] == [code[0]]
+    assert all(not cell.outputs and cell.execution_count is None for cell in code)
+    parameters = inspect_notebook(str(NOTEBOOK_DIR / name))
+    assert parameters and all(p["inferred_type_name"] != "None" and p["help"] for p in parameters.values())
+    assert sum(len(cell.source.splitlines()) for cell in code[1:]) <= 30  # logic lives in btcstream
 
 
 def test_hourly_notebook_draws_stored_metrics(tmp_path: Path) -> None:
