@@ -43,11 +43,16 @@ def write_sink_batch(dataset: Path, batch: int, rows_by_hour: dict[int, list[int
     return paths
 
 
-def set_hourly_watermark(root: Path, moment: datetime) -> None:
-    offsets = root / "checkpoints" / "hourly" / "offsets"
+def set_watermark(root: Path, moment: datetime, query: str = "hourly", batch: int = 0) -> None:
+    """Write offsets/<batch> of a checkpoint as Spark does: version, batch metadata, source offsets."""
+    offsets = root / "checkpoints" / query / "offsets"
     offsets.mkdir(parents=True, exist_ok=True)
     metadata = {"batchWatermarkMs": int(moment.timestamp() * 1000), "batchTimestampMs": 0, "conf": {}}
-    (offsets / "0").write_text("\n".join(["v1", json.dumps(metadata), json.dumps({"logOffset": 0})]))
+    (offsets / str(batch)).write_text("\n".join(["v1", json.dumps(metadata), json.dumps({"logOffset": 0})]))
+
+
+def set_hourly_watermark(root: Path, moment: datetime) -> None:
+    set_watermark(root, moment)
 
 
 def rows(settings: Settings, dataset: str) -> list[tuple]:
@@ -103,6 +108,17 @@ def test_late_files_after_a_compaction_stay_visible_and_are_compacted_again(sett
     compact.compact(settings, ["raw_data"], grace=timedelta(0))
     committed = manifest.committed_files(storage_filesystem(settings), str(raw))
     assert len(committed) == 1 and [t.second for t, _ in rows(settings, "raw_data")] == [1, 2, 3]
+
+
+def test_raw_late_cut_of_the_previous_batch_bounds_what_is_closed(settings: Settings, tmp_path: Path):
+    set_watermark(tmp_path, T0.replace(hour=13))
+    set_watermark(tmp_path, T0.replace(hour=10), query="raw", batch=4)  # the in-flight batch drops below 10:00
+    set_watermark(tmp_path, T0.replace(hour=12), query="raw", batch=5)  # planned, not committed yet
+    assert compact.closed_before(settings) == T0.replace(hour=10)
+    commits = tmp_path / "checkpoints" / "raw" / "commits"
+    commits.mkdir(parents=True)
+    (commits / "5").write_text("v1\n{}")  # batch 5 committed: the next batch drops below 12:00
+    assert compact.closed_before(settings) == T0.replace(hour=12)
 
 
 def test_nothing_is_compacted_without_an_hourly_watermark(settings: Settings, tmp_path: Path):

@@ -7,9 +7,10 @@ with `manifest.record_compaction` (see `btcstream.storage.manifest` for why read
 Files replaced more than `grace` ago are then deleted, as are files of closed partitions that no
 committed batch or compaction references (left by crashed batches or crashed compactions).
 
-"Closed" comes from the hourly query's checkpoint: its watermark is never ahead of raw's, and
-once it passes a partition's end no batch of either query can write rows there, and the hourly
-query has read every raw file of that partition (so deleting them cannot break its replay).
+"Closed" comes from the checkpoints (see `closed_before`): once both the hourly watermark and the
+raw query's late-row cut have passed a partition's end, no batch of either query writes rows there
+and the hourly query has read every raw file of it (so deleting them cannot break its replay).
+Unlisted files are deleted only after `grace` as well, so a batch being committed is never touched.
 JVM-free (pyarrow through the storage filesystem). Run one compactor at a time.
 """
 
@@ -28,7 +29,7 @@ import pyarrow.parquet as pq
 from btcstream.settings import Settings
 from btcstream.storage import manifest
 from btcstream.storage.filesystem import storage_filesystem, storage_path
-from btcstream.streaming.status import batch_watermark_ms
+from btcstream.streaming.status import batch_watermark_ms, late_cut_ms
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +59,26 @@ def compact(settings: Settings, datasets: Iterable[str] = DATASETS, *, min_files
             grace: timedelta = DEFAULT_GRACE, now: datetime | None = None) -> list[CompactionReport]:
     """Compact the closed partitions of each dataset; returns one report per dataset."""
     now = now or datetime.now(timezone.utc)
-    watermark_ms = batch_watermark_ms(settings, "hourly")
-    hourly_watermark = None if watermark_ms is None else datetime.fromtimestamp(watermark_ms / 1000, timezone.utc)
+    stream_closed = closed_before(settings)
     reports = []
     for dataset in datasets:
-        closed_before = (now - QUARANTINE_CLOSE_DELAY) if dataset == "quarantine" else hourly_watermark
-        reports.append(_compact_dataset(settings, dataset, closed_before, min_files, grace, now))
+        closed = (now - QUARANTINE_CLOSE_DELAY) if dataset == "quarantine" else stream_closed
+        reports.append(_compact_dataset(settings, dataset, closed, min_files, grace, now))
     return reports
+
+
+def closed_before(settings: Settings) -> datetime | None:
+    """Partitions ending at or before this moment can receive no more rows (None: nothing is closed yet).
+
+    The hourly query's current watermark (it has read every raw file below it), and no later than
+    the raw query's late-row cut (`status.late_cut_ms`).
+    """
+    hourly_ms = batch_watermark_ms(settings, "hourly")
+    raw_late_cut_ms = late_cut_ms(settings, "raw")
+    if hourly_ms is None:
+        return None
+    moment_ms = hourly_ms if raw_late_cut_ms is None else min(hourly_ms, raw_late_cut_ms)
+    return datetime.fromtimestamp(moment_ms / 1000, timezone.utc)
 
 
 def _compact_dataset(settings: Settings, dataset: str, closed_before: datetime | None, min_files: int,
