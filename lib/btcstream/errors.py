@@ -104,3 +104,7 @@ class HistoryError(BtcstreamError):
 
 class UnknownSymbol(BtcstreamError):
     """The local exchange has no history for this symbol."""
+
+
+class SparkSessionError(BtcstreamError):
+    """The SparkSession of this process cannot do what was asked (e.g. it lacks the Kafka connector)."""

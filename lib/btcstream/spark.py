@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 
+from btcstream.errors import SparkSessionError
 from btcstream.infra import artifacts
 from btcstream.settings import Settings
 
@@ -23,8 +24,11 @@ def spark_session(settings: Settings, app_name: str = "btcstream", *, with_kafka
                   extra_conf: dict[str, str] | None = None):  # -> pyspark.sql.SparkSession
     """Get or create the SparkSession for `settings`.
 
-    `with_kafka=False` skips the connector (pure DataFrame work needs no jars). Configuration only
-    takes effect on the first call in a process: a running SparkContext keeps its classpath.
+    `with_kafka=False` does not require the connector (pure DataFrame work needs no jars), but
+    still puts it on the classpath when it is already resolved: configuration only takes effect
+    on the first call in a process (a running SparkContext keeps its classpath), and a later
+    caller in the same process may need Kafka. A running session without the connector asked for
+    Kafka raises a clear error instead of failing later with "Failed to find data source: kafka".
     """
     # Spark's Python workers must run the same interpreter (with pandas/pyarrow) as the driver.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -45,10 +49,14 @@ def spark_session(settings: Settings, app_name: str = "btcstream", *, with_kafka
         .config("spark.hadoop.dfs.replication", "1")
         .config("spark.hadoop.dfs.client.block.write.replace-datanode-on-failure.policy", "NEVER")
     )
-    if with_kafka:
+    if with_kafka or artifacts.is_resolved(settings, "spark-kafka"):
         builder = builder.config("spark.jars", ",".join(str(j) for j in artifacts.connector_jars(settings)))
     for key, value in (extra_conf or {}).items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel(SPARK_LOG_LEVEL)
+    if with_kafka and "spark-sql-kafka" not in session.sparkContext.getConf().get("spark.jars", ""):
+        raise SparkSessionError(
+            "this process already runs a SparkSession without Spark's Kafka connector; restart the kernel "
+            "(or process) and call btcstream.spark.spark_session before anything else creates a session")
     return session
