@@ -17,6 +17,7 @@ from pyspark.sql.streaming import StreamingQuery
 
 from btcstream.settings import Settings
 from btcstream.storage.readers import normalise_frame
+from btcstream.streaming.transforms import ordered_mids, realized_volatility
 
 log = logging.getLogger(__name__)
 
@@ -37,15 +38,12 @@ def window_metrics(enriched: DataFrame, duration: str) -> DataFrame:
         F.avg("spread").alias("avg_spread"),
         F.avg("spread_bps").alias("avg_spread_bps"),
         F.count(F.lit(1)).alias("tick_count"),
-        F.array_sort(F.collect_list(F.struct("event_time", "mid_price"))).alias("mids"),
+        ordered_mids().alias("mids"),
     )
-    mids = F.col("mids.mid_price")
-    later, earlier = F.slice(mids, 2, F.size(mids) - 1), F.slice(mids, 1, F.size(mids) - 1)
-    squared = F.zip_with(later, earlier, lambda now, before: F.pow(F.log(now / before), 2))
     return grouped.select(
         "symbol", F.col("window.start").alias("window_start"), F.col("window.end").alias("window_end"),
         "avg_price", "avg_spread", "avg_spread_bps",
-        F.sqrt(F.aggregate(squared, F.lit(0.0), lambda total, term: total + term)).alias("realized_volatility"),
+        realized_volatility(F.col("mids.mid_price")).alias("realized_volatility"),
         "tick_count",
     )
 

@@ -6,7 +6,7 @@ Both work the same on static and streaming DataFrames; no source, sink or waterm
 
 from __future__ import annotations
 
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 HOUR = "1 hour"
@@ -47,6 +47,25 @@ def enrich(ticks: DataFrame) -> DataFrame:
     )
 
 
+def ordered_mids() -> Column:
+    """Aggregate: the group's (event_time, mid_price) pairs as an array sorted by event_time.
+
+    Structs sort field by field: by event_time, then mid_price (ties only without dedup).
+    """
+    return F.array_sort(F.collect_list(F.struct("event_time", "mid_price")))
+
+
+def realized_volatility(mids: Column) -> Column:
+    """sqrt(sum_i r_i^2), r_i = ln(mid_i / mid_{i-1}), over an array of mids in event-time order.
+
+    0.0 for fewer than two mids; not annualised.
+    """
+    later = F.slice(mids, 2, F.size(mids) - 1)  # mid_1 .. mid_n
+    earlier = F.slice(mids, 1, F.size(mids) - 1)  # mid_0 .. mid_(n-1)
+    squared_log_returns = F.zip_with(later, earlier, lambda now, before: F.pow(F.log(now / before), 2))
+    return F.sqrt(F.aggregate(squared_log_returns, F.lit(0.0), lambda total, term: total + term))
+
+
 def hourly_metrics(enriched: DataFrame) -> DataFrame:
     """One row per (symbol, event-time hour [window_start, window_end)) of enriched ticks.
 
@@ -71,20 +90,15 @@ def hourly_metrics(enriched: DataFrame) -> DataFrame:
         F.min("mid_price").alias("low_price"),
         F.avg("volume_24h").alias("avg_volume_24h"),
         F.count(F.lit(1)).alias("tick_count"),
-        # Structs sort field by field: by event_time, then mid_price (ties only without dedup).
-        F.array_sort(F.collect_list(F.struct("event_time", "mid_price"))).alias("mids"),
+        ordered_mids().alias("mids"),
     )
     mids = F.col("mids.mid_price")
-    later = F.slice(mids, 2, F.size(mids) - 1)  # mid_1 .. mid_n
-    earlier = F.slice(mids, 1, F.size(mids) - 1)  # mid_0 .. mid_(n-1)
-    squared_log_returns = F.zip_with(later, earlier, lambda now, before: F.pow(F.log(now / before), 2))
-    sum_of_squares = F.aggregate(squared_log_returns, F.lit(0.0), lambda total, term: total + term)
     return grouped.select(
         "symbol",
         F.col("window.start").alias("window_start"),
         F.col("window.end").alias("window_end"),
         "avg_price", "avg_spread", "avg_spread_bps", "total_liquidity", "avg_liquidity",
-        F.sqrt(sum_of_squares).alias("realized_volatility"),
+        realized_volatility(mids).alias("realized_volatility"),
         "high_price", "low_price", "avg_volume_24h", "tick_count",
         F.element_at(mids, 1).alias("open_mid"),
         F.element_at(mids, -1).alias("close_mid"),
