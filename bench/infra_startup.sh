@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
 runs=${1:-3}
 scratch=$(mktemp -d /tmp/btcstream-infra-bench.XXXXXX)
-export HOME=$scratch
+export HOME=$scratch MAVEN_OPTS="-Dmaven.repo.local=$scratch/m2"  # Maven reads user.home, not HOME: point it at an empty repository
 export BTCSTREAM_KAFKA_BOOTSTRAP=127.0.0.1:29092 BTCSTREAM_STORAGE_ROOT=hdfs://localhost:29000/bitcoin \
        BTCSTREAM_WEBHDFS_PORT=29870 BTCSTREAM_STATE_DIR=$scratch/state BTCSTREAM_CACHE_DIR=$scratch/cache
 trap '$BIN/btcstream infra down >/dev/null 2>&1 || true; rm -rf "$scratch"' EXIT
