@@ -56,8 +56,6 @@ CHECKPOINTS = {RAW_QUERY: "raw", HOURLY_QUERY: "hourly", QUARANTINE_QUERY: "quar
 # Kafka schema of the source's rows (also used to build static test frames).
 KAFKA_SCHEMA = "key binary, value binary, topic string, partition int, offset long, timestamp timestamp"
 RAW_PARTITIONS = ("date", "hour")
-# One output task per batch: a tick a minute should not become several tiny files per batch.
-FILES_PER_BATCH = 1
 
 
 @dataclass(frozen=True)
@@ -159,16 +157,26 @@ def _writer(name: str, spark: SparkSession, settings: Settings, paths: StreamPat
         _, refused = parse.split(kafka_source(spark, settings))
         refused = (refused.observe("quarantine", F.count(F.lit(1)).alias("rows"))
                    .withColumn("date", F.to_date("kafka_timestamp")))
-        return _parquet_sink(refused.coalesce(FILES_PER_BATCH), paths.quarantine, paths.checkpoints[name], ["date"])
+        return _parquet_sink(_one_file_per_partition(refused, ["date"]), paths.quarantine, paths.checkpoints[name], ["date"])
     if name == RAW_QUERY:
         ticks, _ = parse.split(kafka_source(spark, settings))
         enriched = transforms.enrich(deduplicated_ticks(ticks, settings.allowed_lateness))
-        return _parquet_sink(enriched.coalesce(FILES_PER_BATCH), paths.raw, paths.checkpoints[name], list(RAW_PARTITIONS))
+        return _parquet_sink(_one_file_per_partition(enriched, list(RAW_PARTITIONS)), paths.raw, paths.checkpoints[name], list(RAW_PARTITIONS))
     _ensure_directory(spark, paths.raw)  # the file source needs its directory to exist
     raw = spark.readStream.schema(raw_schema(spark)).parquet(paths.raw)
     hourly = transforms.hourly_metrics(raw.withWatermark("event_time", hourly_lateness(settings.allowed_lateness)))
     hourly = hourly.withColumn("date", F.to_date("window_start"))
-    return _parquet_sink(hourly.coalesce(FILES_PER_BATCH), paths.hourly, paths.checkpoints[name], ["date"])
+    return _parquet_sink(_one_file_per_partition(hourly, ["date"]), paths.hourly, paths.checkpoints[name], ["date"])
+
+
+def _one_file_per_partition(frame: DataFrame, partitions: list[str]) -> DataFrame:
+    """Rows of one output partition directory in one task, so a batch writes one file per directory.
+
+    A tick a minute must not become several tiny files per batch. Hash-repartitioning by the
+    partition columns does that while the work before it (parsing, deduplication state, the
+    hourly aggregation) keeps all its tasks; `coalesce(1)` would have run all of it in one task.
+    """
+    return frame.repartition(*partitions)
 
 
 def _parquet_sink(frame: DataFrame, path: str, checkpoint: str, partitions: list[str]):
