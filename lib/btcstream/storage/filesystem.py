@@ -28,4 +28,4 @@ def storage_filesystem(settings: Settings) -> fsspec.AbstractFileSystem:
 
 def storage_path(settings: Settings, *parts: str) -> str:
     """A path under the storage root as the filesystem above names it (no scheme)."""
-    return "/".join([urlparse(settings.storage_url(*parts)).path.rstrip("/")])
+    return urlparse(settings.storage_url(*parts)).path.rstrip("/")
