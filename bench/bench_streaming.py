@@ -35,7 +35,7 @@ from btcstream import tick
 from btcstream.kafka_security import kafka_python_options
 from btcstream.settings import load_settings
 from btcstream.spark import spark_session
-from btcstream.storage.filesystem import storage_filesystem, storage_path
+from btcstream.storage.filesystem import read_parquet, storage_filesystem, storage_path
 from btcstream.streaming import job, status
 from btcstream.streaming.progress import read_progress
 
@@ -129,8 +129,6 @@ def measure_latency(settings, seconds: float, rate: float) -> list[float]:
 
 def commit_latencies(settings, sent: dict[str, float]) -> list[float]:
     """For every sent tick found in raw_data, the commit time of its batch minus its event time."""
-    import pyarrow.parquet as pq
-
     fs = storage_filesystem(settings)
     metadata = storage_path(settings, "raw_data", "_spark_metadata")
     today = f"date={datetime.now(timezone.utc):%Y-%m-%d}"
@@ -146,8 +144,7 @@ def commit_latencies(settings, sent: dict[str, float]) -> list[float]:
     for path, committed_at in commit_time.items():
         if today not in path:  # the backlog's ticks are from 2025
             continue
-        with fs.open(path, "rb") as handle:
-            table = pq.read_table(handle, columns=["symbol", "event_time"])
+        table = read_parquet(fs, path, columns=["symbol", "event_time"])
         for symbol, moment in zip(table.column("symbol").to_pylist(), table.column("event_time").to_pylist()):
             stamp = (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
             key = f"{symbol}|{stamp:.6f}"

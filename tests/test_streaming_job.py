@@ -21,7 +21,6 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
@@ -31,7 +30,7 @@ from btcstream import tick
 from btcstream.kafka_security import kafka_python_options
 from btcstream.settings import PROJECT_ROOT, Settings
 from btcstream.storage import manifest
-from btcstream.storage.filesystem import storage_filesystem, storage_path
+from btcstream.storage.filesystem import read_parquet, storage_filesystem, storage_path
 from btcstream.streaming import compact, status
 from test_transforms import assert_hourly_equal, independent_hourly
 
@@ -174,8 +173,7 @@ def read_dataset(settings: Settings, dataset: str) -> pd.DataFrame:
     fs = storage_filesystem(settings)
     frames = []
     for path in manifest.committed_files(fs, storage_path(settings, dataset)):
-        with fs.open(path, "rb") as handle:
-            frames.append(pq.read_table(handle).to_pandas())
+        frames.append(read_parquet(fs, path).to_pandas())
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 

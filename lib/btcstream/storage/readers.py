@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from btcstream.errors import StorageReadError
 from btcstream.settings import Settings
-from btcstream.storage.filesystem import storage_filesystem, storage_path
+from btcstream.storage.filesystem import read_parquet, storage_filesystem, storage_path
 from btcstream.storage.manifest import committed_files
 from btcstream.tick import FIELD_NAMES
 
@@ -184,8 +184,7 @@ def _read_pyarrow(settings: Settings, dataset: str, files: list[str]) -> pd.Data
     root = storage_path(settings, dataset)
 
     def read_one(path: str) -> pa.Table:
-        with fs.open(path, "rb") as handle:
-            table = pq.read_table(handle)
+        table = read_parquet(fs, path)
         for key, value in partition_values(path, root).items():
             if key not in table.column_names:
                 table = table.append_column(key, pa.array([value] * table.num_rows, pa.string()))

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from btcstream.settings import Settings
 from btcstream.storage import manifest
-from btcstream.storage.filesystem import storage_filesystem, storage_path
+from btcstream.storage.filesystem import read_parquet, storage_filesystem, storage_path
 from btcstream.streaming.status import batch_watermark_ms, late_cut_ms
 
 log = logging.getLogger(__name__)
@@ -121,16 +121,14 @@ def partition_end(partition: str) -> datetime | None:
 
 def _merge(fs, directory: str, files: list[str], sort_keys: tuple[str, ...]) -> str:
     """Write the rows of `files` as one new Parquet file in `directory`; returns its path."""
-    tables = []
-    for path in files:
-        with fs.open(path, "rb") as handle:
-            tables.append(pq.read_table(handle))
-    table = pa.concat_tables(tables)
+    table = pa.concat_tables([read_parquet(fs, path) for path in files])
     table = table.sort_by([(key, "ascending") for key in sort_keys if key in table.column_names])
     target = f"{directory}/{COMPACTED_PREFIX}{uuid.uuid4().hex}.snappy.parquet"
+    buffer = pa.BufferOutputStream()  # encoded here, so Arrow never calls back into Python (see read_parquet)
+    # int64 microsecond timestamps, as the Spark sinks write them (Spark cannot read nanoseconds).
+    pq.write_table(table, buffer, compression="snappy", coerce_timestamps="us", allow_truncated_timestamps=False)
     with fs.open(target, "wb") as handle:
-        # int64 microsecond timestamps, as the Spark sinks write them (Spark cannot read nanoseconds).
-        pq.write_table(table, handle, compression="snappy", coerce_timestamps="us", allow_truncated_timestamps=False)
+        handle.write(buffer.getvalue().to_pybytes())
     return target
 
 
