@@ -14,9 +14,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from btcstream.errors import LockHeld
 from btcstream.settings import Settings
 from btcstream.storage import manifest
-from btcstream.storage.filesystem import storage_filesystem
+from btcstream.storage.filesystem import storage_filesystem, storage_path
+from btcstream.storage.lock import exclusive_lock
 from btcstream.streaming import compact, progress
 
 T0 = datetime(2025, 2, 14, 9, tzinfo=timezone.utc)
@@ -97,6 +99,23 @@ def test_compaction_swaps_closed_partitions_atomically_and_deletes_after_grace(s
     assert rows(settings, "raw_data") == before
 
 
+def test_a_second_compactor_is_refused_while_one_runs_and_the_lock_is_released_after(settings: Settings, tmp_path: Path):
+    raw = tmp_path / "raw_data"
+    write_sink_batch(raw, 0, {9: [1, 2]})
+    write_sink_batch(raw, 1, {9: [3]})
+    set_hourly_watermark(tmp_path, T0.replace(hour=11))
+    fs = storage_filesystem(settings)
+    lock_path = f"{settings.storage_path}/{compact.LOCK_FILE}"
+
+    with exclusive_lock(fs, lock_path, "a compaction elsewhere"):
+        with pytest.raises(LockHeld, match=r"held by a compaction elsewhere by .*pid \d+.*delete the lock file"):
+            compact.compact(settings, ["raw_data"])
+        assert len(manifest.committed_files(fs, str(raw))) == 2  # the refused run changed nothing
+    report, = compact.compact(settings, ["raw_data"])
+    assert report.partitions_compacted == 1
+    assert not fs.exists(lock_path)
+
+
 def test_late_files_after_a_compaction_stay_visible_and_are_compacted_again(settings: Settings, tmp_path: Path):
     raw = tmp_path / "raw_data"
     write_sink_batch(raw, 0, {9: [1]})
@@ -139,3 +158,16 @@ def test_progress_totals_count_a_rerun_batch_once():
         document = progress.merge(document, event)
     assert document["totals"] == {"batches": 3, "input_rows": 18, "late_rows": 3, "quarantined_rows": 3}
     assert [h["batch_id"] for h in document["history"]] == [0, 1, 2]
+
+
+@pytest.mark.integration
+def test_lock_on_hdfs_is_exclusive_and_released(test_settings: Settings) -> None:
+    fs = storage_filesystem(test_settings)
+    lock_path = storage_path(test_settings, compact.LOCK_FILE)
+    with exclusive_lock(fs, lock_path, "first"):
+        with pytest.raises(LockHeld, match="held by first by"):
+            with exclusive_lock(fs, lock_path, "second"):
+                pass
+        assert fs.cat_file(lock_path).startswith(b'{"purpose": "first"')
+    assert not fs.exists(lock_path)
+    assert fs.ls(storage_path(test_settings), detail=False) == []  # no temporary file left behind

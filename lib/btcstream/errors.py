@@ -94,6 +94,10 @@ class CompactionError(BtcstreamError):
     """`btcstream compact` could not safely compact a dataset partition."""
 
 
+class LockHeld(BtcstreamError):
+    """Another process holds a lock file under the storage root (e.g. a compaction still running)."""
+
+
 class PipelineError(BtcstreamError):
     """A part of the pipeline (exchange, producer, streaming query) failed to start or while running."""
 

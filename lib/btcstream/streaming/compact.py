@@ -11,7 +11,7 @@ committed batch or compaction references (left by crashed batches or crashed com
 raw query's late-row cut have passed a partition's end, no batch of either query writes rows there
 and the hourly query has read every raw file of it (so deleting them cannot break its replay).
 Unlisted files are deleted only after `grace` as well, so a batch being committed is never touched.
-JVM-free (pyarrow through the storage filesystem). Run one compactor at a time.
+JVM-free (pyarrow through the storage filesystem). One compactor at a time (a lock file enforces it).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 from btcstream.settings import Settings
 from btcstream.storage import manifest
 from btcstream.storage.filesystem import read_parquet, storage_filesystem, storage_path
+from btcstream.storage.lock import exclusive_lock
 from btcstream.streaming.status import batch_watermark_ms, late_cut_ms
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ DATASETS = ("raw_data", "hourly_metrics", "quarantine")
 SORT_KEYS = {"raw_data": ("symbol", "event_time"), "hourly_metrics": ("symbol", "window_start"),
              "quarantine": ("topic", "partition", "offset")}
 COMPACTED_PREFIX = "compacted-"
+LOCK_FILE = "_compaction.lock"  # under the storage root, while `compact` runs
 DEFAULT_GRACE = timedelta(minutes=10)
 # Quarantine partitions follow the Kafka timestamp (no watermark): treat a day as closed a day later.
 QUARANTINE_CLOSE_DELAY = timedelta(days=1)
@@ -57,13 +59,18 @@ class CompactionReport:
 
 def compact(settings: Settings, datasets: Iterable[str] = DATASETS, *, min_files: int = 2,
             grace: timedelta = DEFAULT_GRACE, now: datetime | None = None) -> list[CompactionReport]:
-    """Compact the closed partitions of each dataset; returns one report per dataset."""
+    """Compact the closed partitions of each dataset; returns one report per dataset.
+
+    Holds `<root>/_compaction.lock` meanwhile: a second compactor fails with LockHeld instead of
+    merging the same files again (which would show their rows twice).
+    """
     now = now or datetime.now(timezone.utc)
     stream_closed = closed_before(settings)
     reports = []
-    for dataset in datasets:
-        closed = (now - QUARANTINE_CLOSE_DELAY) if dataset == "quarantine" else stream_closed
-        reports.append(_compact_dataset(settings, dataset, closed, min_files, grace, now))
+    with exclusive_lock(storage_filesystem(settings), storage_path(settings, LOCK_FILE), "btcstream compact"):
+        for dataset in datasets:
+            closed = (now - QUARANTINE_CLOSE_DELAY) if dataset == "quarantine" else stream_closed
+            reports.append(_compact_dataset(settings, dataset, closed, min_files, grace, now))
     return reports
 
 
