@@ -5,7 +5,8 @@ Three queries, each with its own checkpoint under `<root>/checkpoints/`:
 - `btcstream_quarantine`: Kafka -> records that fail parsing/validation -> `<root>/quarantine`
   (Parquet, partitioned by the Kafka timestamp's UTC date).
 - `btcstream_raw`: Kafka -> valid ticks -> watermark on event_time (`allowed_lateness`) ->
-  `dropDuplicatesWithinWatermark(symbol, event_time)` -> `enrich` -> `<root>/raw_data`
+  `dropDuplicatesWithinWatermark(symbol, event_time)` (in-memory state store, see `btcstream.spark`)
+  -> `enrich` -> `<root>/raw_data`
   (Parquet, partitioned by `date` and `hour` of event_time, one file per touched hour per batch).
   Ticks older than the watermark are dropped here and counted (`numRowsDroppedByWatermark`).
 - `btcstream_hourly`: `<root>/raw_data` as a file stream (only files committed in the raw sink's
@@ -136,7 +137,8 @@ def start_queries(spark: SparkSession, settings: Settings, *, queries: Iterable[
     paths = StreamPaths.of(settings)
     # Parquet timestamps as int64 microseconds (UTC), readable by pyarrow/DuckDB without INT96 quirks.
     spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
-    # RocksDB commits upload only the batch's changes (snapshots in the background): shorter batches.
+    # Checkpoints made before the in-memory state store was the default keep using RocksDB: upload
+    # only each batch's changes there (snapshots in the background), for shorter batches.
     spark.conf.set("spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled", "true")
     _listen_for_progress(spark, settings)
     started: list[StreamingQuery] = []
