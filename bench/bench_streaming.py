@@ -41,8 +41,17 @@ from btcstream.streaming.progress import read_progress
 
 log = logging.getLogger("bench_streaming")
 RESULTS = Path(__file__).parent / "results" / "streaming.md"
+NOTES_HEADING = "## Notes"
 SYMBOL_COUNT = 21  # 7 per partition: every partition covers the same event time per offset
 PARTITIONS = 3
+
+
+def write_results(path: Path, text: str) -> None:
+    """Write a results file, keeping its hand-written "## Notes" section (run history, analysis)."""
+    previous = path.read_text() if path.exists() else ""
+    notes = previous[previous.index(NOTES_HEADING):] if NOTES_HEADING in previous else ""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text.rstrip() + "\n" + (f"\n{notes.rstrip()}\n" if notes else ""))
 
 
 def fill_topic(spark, settings, count: int) -> None:
@@ -201,8 +210,7 @@ def main() -> int:
     job_rate = args.ticks / job_seconds
     p50, p95 = (np.percentile(latencies, [50, 95]) if latencies else (float("nan"), float("nan")))
     raw_batches = [p for p in progress[1] if p.get("numInputRows")]
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(f"""# Streaming job benchmark
+    write_results(RESULTS, f"""# Streaming job benchmark
 
 Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on this machine (2 shared cores), `local[2]`,
 Kafka and HDFS from `btcstream infra up` on the same machine, storage `{settings.storage_root}`.
