@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import uuid
 from urllib.parse import urlparse
 
 import fsspec
@@ -45,3 +46,33 @@ def read_parquet(fs: fsspec.AbstractFileSystem, path: str, columns: list[str] | 
     with fs.open(path, "rb") as handle:
         data = handle.read()
     return pq.ParquetFile(pa.BufferReader(data)).read(columns=columns, use_threads=False)
+
+
+def create_exclusively(fs: fsspec.AbstractFileSystem, path: str, content: bytes) -> bool:
+    """Create `path` holding `content` unless it exists; True when this call created it.
+
+    Atomic, and readers never see a partial file: the content is written to a temporary file that
+    is then linked (local disk: a hard link fails if `path` exists) or renamed (HDFS: a rename
+    never replaces an existing file) onto `path`.
+    """
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    temporary = f"{path}.{uuid.uuid4().hex}.tmp"
+    with fs.open(temporary, "wb") as handle:
+        handle.write(content)
+    try:
+        if "file" in _protocols(fs):
+            try:
+                os.link(temporary, path)
+                return True
+            except FileExistsError:
+                return False
+        # WebHDFS RENAME answers {"boolean": false} when the destination exists (fsspec's mv drops that).
+        return bool(fs._call("RENAME", method="put", path=temporary, destination=path).json().get("boolean", False))
+    finally:
+        if fs.exists(temporary):
+            fs.rm(temporary)
+
+
+def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    protocol = fs.protocol
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)

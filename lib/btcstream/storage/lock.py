@@ -3,8 +3,7 @@
 Two compactions of the same partition would each record a merged file, and readers would then
 see its rows twice; `btcstream compact` holds this lock while it works.
 
-The lock is created atomically: `O_EXCL` on a local disk; on HDFS a temporary file renamed onto
-the lock path (an HDFS rename never replaces an existing file). It names its holder (host, pid,
+The lock is created atomically (`filesystem.create_exclusively`). It names its holder (host, pid,
 since when), so a lock left by a crashed process is easy to recognise and delete by hand.
 """
 
@@ -14,7 +13,6 @@ import getpass
 import json
 import os
 import socket
-import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Iterator
@@ -22,6 +20,7 @@ from typing import Iterator
 import fsspec
 
 from btcstream.errors import LockHeld
+from btcstream.storage.filesystem import create_exclusively
 
 
 @contextmanager
@@ -29,40 +28,13 @@ def exclusive_lock(fs: fsspec.AbstractFileSystem, path: str, purpose: str) -> It
     """Hold the lock file `path` while the block runs; LockHeld (naming the holder) if it exists."""
     holder = json.dumps({"purpose": purpose, "host": socket.gethostname(), "pid": os.getpid(),
                          "user": getpass.getuser(), "since": datetime.now(timezone.utc).isoformat()})
-    if not _create_exclusively(fs, path, holder.encode()):
+    if not create_exclusively(fs, path, holder.encode()):
         raise LockHeld(f"{path} is held by {_describe(fs, path)}; if that process is no longer running, "
                        f"delete the lock file and retry")
     try:
         yield
     finally:
         fs.rm(path)
-
-
-def _create_exclusively(fs: fsspec.AbstractFileSystem, path: str, content: bytes) -> bool:
-    """Create `path` holding `content` unless it exists; True when this call created it."""
-    parent = path.rsplit("/", 1)[0]
-    fs.makedirs(parent, exist_ok=True)
-    if "file" in _protocols(fs):
-        try:
-            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(content)
-        return True
-    temporary = f"{path}.{uuid.uuid4().hex}.tmp"
-    with fs.open(temporary, "wb") as handle:
-        handle.write(content)
-    # WebHDFS RENAME answers {"boolean": false} when the destination exists (fsspec's mv drops that).
-    renamed = fs._call("RENAME", method="put", path=temporary, destination=path).json().get("boolean", False)
-    if not renamed:
-        fs.rm(temporary)
-    return bool(renamed)
-
-
-def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
-    protocol = fs.protocol
-    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
 
 
 def _describe(fs: fsspec.AbstractFileSystem, path: str) -> str:

@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import fsspec
+
+from btcstream.storage.filesystem import create_exclusively
 
 if TYPE_CHECKING:
     from btcstream.settings import Settings
@@ -105,15 +106,10 @@ def record_compaction(fs: fsspec.AbstractFileSystem, dataset_path: str, replaced
     existing = compaction_entries(fs, dataset_path)
     number = existing[-1].number + 1 if existing else 0
     created_at = created_at or datetime.now(timezone.utc)
-    temporary = f"{directory}/.{uuid.uuid4().hex}.tmp"
     target = f"{directory}/{number}.json"
-    with fs.open(temporary, "wb") as handle:
-        handle.write(json.dumps({"replaced": sorted(replaced), "added": sorted(added),
-                                 "created_at": created_at.isoformat()}).encode())
-    if fs.exists(target):
-        fs.rm(temporary)
+    record = json.dumps({"replaced": sorted(replaced), "added": sorted(added), "created_at": created_at.isoformat()})
+    if not create_exclusively(fs, target, record.encode()):
         raise FileExistsError(f"{target} appeared meanwhile: is another `btcstream compact` running?")
-    fs.mv(temporary, target)
     return CompactionEntry(number, tuple(sorted(replaced)), tuple(sorted(added)), created_at)
 
 
