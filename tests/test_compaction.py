@@ -116,6 +116,22 @@ def test_a_second_compactor_is_refused_while_one_runs_and_the_lock_is_released_a
     assert not fs.exists(lock_path)
 
 
+def test_releasing_a_lock_leaves_a_lock_that_is_no_longer_ours(settings: Settings, caplog) -> None:
+    fs = storage_filesystem(settings)
+    lock_path = f"{settings.storage_path}/{compact.LOCK_FILE}"
+
+    with exclusive_lock(fs, lock_path, "first"):
+        fs.rm(lock_path)  # deleted by hand while held...
+    assert "deleted by someone else" in caplog.text  # ...release warns instead of failing
+
+    other = b'{"purpose": "second", "user": "u", "host": "h", "pid": 1, "since": "t"}'
+    with exclusive_lock(fs, lock_path, "first"):
+        fs.rm(lock_path)
+        fs.pipe_file(lock_path, other)  # ...and another process took it meanwhile
+    assert fs.cat_file(lock_path) == other  # the first's release left the other's lock in place
+    assert "now belongs to second by u@h pid 1" in caplog.text
+
+
 def test_late_files_after_a_compaction_stay_visible_and_are_compacted_again(settings: Settings, tmp_path: Path):
     raw = tmp_path / "raw_data"
     write_sink_batch(raw, 0, {9: [1]})

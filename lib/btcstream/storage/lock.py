@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import logging
 import os
 import socket
 from contextlib import contextmanager
@@ -21,6 +22,8 @@ import fsspec
 
 from btcstream.errors import LockHeld
 from btcstream.storage.filesystem import create_exclusively
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -34,7 +37,25 @@ def exclusive_lock(fs: fsspec.AbstractFileSystem, path: str, purpose: str) -> It
     try:
         yield
     finally:
-        fs.rm(path)
+        _release(fs, path, holder.encode())
+
+
+def _release(fs: fsspec.AbstractFileSystem, path: str, holder: bytes) -> None:
+    """Delete the lock file if it is still ours; warn (never delete) if it is gone or someone else's.
+
+    The lock can vanish while held if someone deleted it by hand, and a second process may then
+    have taken it: removing that process's lock would let a third one in.
+    """
+    try:
+        with fs.open(path, "rb") as handle:
+            current = handle.read()
+    except FileNotFoundError:
+        log.warning("the lock %s was deleted by someone else while this process held it", path)
+        return
+    if current != holder:
+        log.warning("the lock %s now belongs to %s; leaving it in place", path, _describe(fs, path))
+        return
+    fs.rm(path)
 
 
 def _describe(fs: fsspec.AbstractFileSystem, path: str) -> str:
