@@ -1,4 +1,5 @@
-"""Unit tests (JVM-free, file://) of compaction, the manifest it extends, and the progress totals.
+"""Unit tests (JVM-free, file://) of compaction, the manifest it extends, the progress totals and the
+hourly query's lag in files (which reads the same logs).
 
 The dataset is laid out exactly as Spark's file sink leaves it (hive partitions, `_spark_metadata`
 log) and the hourly checkpoint's offset log carries the watermark, so `compact` runs unchanged.
@@ -19,7 +20,7 @@ from btcstream.settings import Settings
 from btcstream.storage import manifest
 from btcstream.storage.filesystem import storage_filesystem, storage_path
 from btcstream.storage.lock import exclusive_lock
-from btcstream.streaming import compact, progress
+from btcstream.streaming import compact, progress, status
 
 T0 = datetime(2025, 2, 14, 9, tzinfo=timezone.utc)
 
@@ -187,3 +188,22 @@ def test_lock_on_hdfs_is_exclusive_and_released(test_settings: Settings) -> None
         assert fs.cat_file(lock_path).startswith(b'{"purpose": "first"')
     assert not fs.exists(lock_path)
     assert fs.ls(storage_path(test_settings), detail=False) == []  # no temporary file left behind
+
+
+def test_hourly_lag_counts_committed_raw_files_no_hourly_batch_has_taken(settings: Settings, tmp_path: Path):
+    raw = tmp_path / "raw_data"
+    first = write_sink_batch(raw, 0, {9: [1], 10: [2]})
+    write_sink_batch(raw, 1, {10: [3], 11: [4]})
+    (raw / "date=2025-02-14" / "hour=11" / "part-half-written.parquet").write_bytes(b"PAR1")  # not committed
+    assert status.unread_raw_files(settings, "hourly") == 4  # the hourly query has not started
+
+    sources = tmp_path / "checkpoints" / "hourly" / "sources" / "0"
+    sources.mkdir(parents=True)
+    taken = [json.dumps({"path": f"file://{p}", "timestamp": 0, "batchId": 0}) for p in first]
+    (sources / "0").write_text("\n".join(["v1", *taken]) + "\n")
+    assert status.unread_raw_files(settings, "hourly") == 2
+
+    set_hourly_watermark(tmp_path, T0.replace(hour=12))
+    report, = compact.compact(settings, ["raw_data"], min_files=1, grace=timedelta(0))
+    assert report.partitions_compacted == 3  # swapped in our manifest only: Spark's logs are untouched
+    assert status.unread_raw_files(settings, "hourly") == 2

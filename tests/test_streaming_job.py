@@ -263,6 +263,9 @@ def test_duplicates_out_of_order_late_and_malformed_ticks_then_compaction(job_se
         assert by_name["btcstream_quarantine"].quarantined_rows_total == len(MALFORMED)
         assert by_name["btcstream_raw"].lag_offsets == 0
         assert by_name["btcstream_raw"].state == "running"
+        # The hourly query's lag: raw_data files (several by now) that no hourly batch has taken.
+        job.wait_until(lambda: {s.name: s.lag_files for s in status.query_statuses(settings)}["btcstream_hourly"] == 0,
+                       "status to show the hourly query has taken every raw_data file")
 
         # Compaction while the job runs: one file per closed hour, same rows, originals deleted.
         fs = storage_filesystem(settings)

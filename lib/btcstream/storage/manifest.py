@@ -120,8 +120,16 @@ def sink_files(fs: fsspec.AbstractFileSystem, dataset_path: str) -> list[str]:
         if not fs.exists(dataset_path):
             return []
         return sorted(p for p in fs.find(dataset_path) if p.endswith(".parquet") and not _hidden(p, dataset_path))
+    return logged_paths(fs, metadata)
+
+
+def logged_paths(fs: fsspec.AbstractFileSystem, log_dir: str) -> list[str]:
+    """Paths (without scheme) a Spark file log lists: a file sink's `_spark_metadata`, or a file
+    source's `<checkpoint>/sources/<n>` (the files a file-stream query has read); same format."""
+    if not fs.exists(log_dir):
+        return []
     batches: dict[int, str] = {}
-    for entry in fs.ls(metadata, detail=False):
+    for entry in fs.ls(log_dir, detail=False):
         name = entry.rstrip("/").rsplit("/", 1)[-1]
         match = _LOG_FILE.match(name)
         if match:

@@ -3,7 +3,8 @@
 Runs in any process, without Spark: it reads the progress documents the job persists after every
 batch (`btcstream.streaming.progress`) and the Kafka offsets of the last committed batch in each
 checkpoint, and asks the broker for the end of the topic, so the lag is current even when the job
-is stopped.
+is stopped. The hourly query reads raw_data, not Kafka: its lag is the number of raw_data files
+the raw sink committed that no hourly batch has taken yet.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
 from btcstream.settings import Settings
 from btcstream.storage.filesystem import storage_filesystem, storage_path
+from btcstream.storage.manifest import logged_paths, sink_files
 from btcstream.streaming.progress import read_progress
 
 log = logging.getLogger(__name__)
@@ -40,10 +42,11 @@ class QueryStatus:
     processed_rows_per_s: float | None
     batch_duration_ms: int | None
     watermark: str | None
-    lag_offsets: int | None
+    lag_offsets: int | None  # Kafka queries: offsets behind the end of the topic
     late_rows_total: int
     quarantined_rows_total: int
     error: str | None = None
+    lag_files: int | None = None  # hourly: committed raw_data files no batch has taken yet
 
 
 def query_statuses(settings: Settings, now: datetime | None = None) -> list[QueryStatus]:
@@ -59,8 +62,23 @@ def query_statuses(settings: Settings, now: datetime | None = None) -> list[Quer
             lag = sum(max(0, end - committed.get(partition, 0)) for partition, end in end_offsets.items())
         elif name in KAFKA_QUERIES and end_offsets is not None and document is None:
             lag = sum(end_offsets.values())  # never started: the whole topic is ahead of it
-        statuses.append(_status(name, document, lag, now))
+        query_status = _status(name, document, lag, now)
+        if name not in KAFKA_QUERIES:
+            query_status = replace(query_status, lag_files=unread_raw_files(settings, folder))
+        statuses.append(query_status)
     return statuses
+
+
+def unread_raw_files(settings: Settings, checkpoint_folder: str) -> int:
+    """How many files the raw sink committed that the file-reading query has not taken into a batch.
+
+    The query's file source lists every file it took in `<checkpoint>/sources/0` (the same log
+    format as the sink's `_spark_metadata`); compaction does not touch either log.
+    """
+    fs = storage_filesystem(settings)
+    committed = set(sink_files(fs, storage_path(settings, "raw_data")))
+    taken = set(logged_paths(fs, storage_path(settings, "checkpoints", checkpoint_folder, "sources", "0")))
+    return len(committed - taken)
 
 
 def _status(name: str, document: dict[str, Any] | None, lag: int | None, now: datetime) -> QueryStatus:
@@ -183,9 +201,10 @@ def format_table(statuses: list[QueryStatus]) -> str:
         return "-" if value is None else f"{value:,.{digits}f}"
 
     for s in statuses:
+        lag = f"{s.lag_files:,} files" if s.lag_files is not None else number(s.lag_offsets)
         lines.append(f"{s.name:22} {s.state:13} {number(s.last_batch_id):>6} {number(s.input_rows_per_s, 1):>10} "
                      f"{number(s.processed_rows_per_s, 1):>11} {number(s.batch_duration_ms):>9} "
-                     f"{number(s.lag_offsets):>8} {number(s.late_rows_total):>7} {number(s.quarantined_rows_total):>8}"
+                     f"{lag:>8} {number(s.late_rows_total):>7} {number(s.quarantined_rows_total):>8}"
                      f"  {s.watermark or '-'}")
         if s.error:
             lines.append(f"  error: {s.error.splitlines()[0]}")
