@@ -84,6 +84,7 @@ def test_parse_accepts_valid_ticks_and_quarantines_each_kind_of_bad_record(spark
             parse.BAD_PRICE,
         variant(bid_qty=-1.0): parse.BAD_QUANTITY,
         variant(bid_price=2.0, ask_price=1.0): parse.CROSSED_BOOK,
+        None: parse.UNPARSEABLE,  # a record without a value (a Kafka tombstone)
     }
     values = [good.to_json(), with_offset.to_json(), *bad]
     ticks, quarantine = parse.split(kafka_frame(spark, values))
@@ -101,6 +102,15 @@ def test_parse_accepts_valid_ticks_and_quarantines_each_kind_of_bad_record(spark
         offset: reason for offset, reason in enumerate([None, None, *bad.values()]) if reason}
     assert refused[2].value == "not json" and refused[2].topic == "ticks" and refused[2].partition == 0
     assert tuple(quarantine.columns) == parse.QUARANTINE_COLUMNS
+
+
+def test_each_valid_tick_is_parsed_once_for_the_validity_filter_and_the_columns(spark):
+    # Spark would otherwise push the filter below the parsing projection and parse every value
+    # again inside it (SPARK-47672): twice the JSON work of the raw query.
+    ticks, _ = parse.split(kafka_frame(spark, [random_ticks(1)[0].to_json()]))
+    for frame in (ticks, transforms.enrich(ticks)):
+        plan = frame._jdf.queryExecution().executedPlan().toString()
+        assert plan.count("from_json(") == 1, plan
 
 
 def test_enrich_matches_independent_formulas(spark):
