@@ -79,7 +79,7 @@ def classify(kafka_rows: DataFrame, *, parse_once: bool = True) -> DataFrame:
     out of a one-element explode (one row in, one row out; a null value gives a null tick). The
     generator is not free (it runs outside whole-stage code generation), so the quarantine, whose
     filter passes almost no row, is cheaper without it. Measured on 1M ticks (bench/results/stages.md):
-    valid ticks 47.4k ticks/s with the explode against 39.5k without; quarantine 66.0k against 68.3k.
+    valid ticks 52.9k ticks/s with the explode against 43.3k without; quarantine 75.9k against 81.8k.
     """
     value = F.col("value").cast("string")
     parsed = F.from_json(value, _json_schema(), {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT_COLUMN})
