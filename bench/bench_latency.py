@@ -15,18 +15,13 @@ Results are written down by hand in bench/results/streaming.md (## Notes).
 from __future__ import annotations
 
 import argparse
-import logging
 import statistics
 import sys
 import time
-import uuid
 
 import numpy as np
-from kafka.admin import KafkaAdminClient, NewTopic
 
-from bench_streaming import PARTITIONS, measure_latency
-from btcstream.kafka_security import kafka_python_options
-from btcstream.settings import load_settings
+from bench_streaming import bench_settings, measure_latency
 from btcstream.spark import spark_session
 from btcstream.streaming import job
 
@@ -40,17 +35,7 @@ def main() -> int:
     parser.add_argument("--hourly-trigger", type=float, default=1.0, help="seconds (raw and quarantine: 1 s)")
     parser.add_argument("--conf", action="append", default=[], help="Spark key=value")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("kafka").setLevel(logging.WARNING)
-    logging.getLogger("py4j").setLevel(logging.WARNING)
-
-    run = uuid.uuid4().hex[:8]
-    base = load_settings()
-    settings = base.replace(topic=f"bench-latency-{run}", spark_master="local[2]", trigger_interval_s=1.0,
-                            storage_root=base.storage_url("bench", f"latency-{run}"))
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, **kafka_python_options(settings))
-    admin.create_topics([NewTopic(settings.topic, num_partitions=PARTITIONS, replication_factor=1)])
-    admin.close()
+    settings = bench_settings("latency")
     spark = spark_session(settings, "bench-latency", extra_conf=dict(kv.split("=", 1) for kv in args.conf))
     wanted = args.queries.split(",")
     queries = job.start_queries(spark, settings, queries=[q for q in wanted if q != job.HOURLY_QUERY],

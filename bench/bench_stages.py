@@ -28,12 +28,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from kafka.admin import KafkaAdminClient, NewTopic
-
-from bench_streaming import PARTITIONS, fill_topic, write_results
+from bench_streaming import PARTITIONS, batch_throughput, bench_settings, fill_topic, write_results
 from btcstream import tick
-from btcstream.kafka_security import kafka_python_options
-from btcstream.settings import load_settings
 from btcstream.spark import spark_session
 from btcstream.streaming import job, parse, transforms
 
@@ -86,44 +82,22 @@ def drain(spark, settings, name: str, build: Callable[[], tuple], count: int) ->
     return count / (time.monotonic() - started)
 
 
-def batch(spark, settings, count: int) -> float:
-    """Ticks/s of Spark's batch from_json -> Parquet over the same records."""
-    from pyspark.sql import functions as F
-
-    started = time.monotonic()
-    records = (spark.read.format("kafka").option("kafka.bootstrap.servers", settings.kafka_bootstrap)
-               .option("subscribe", settings.topic).option("startingOffsets", "earliest")
-               .option("endingOffsets", "latest").load())
-    parsed = records.select(F.from_json(F.col("value").cast("string"), tick.spark_schema()).alias("t")).select("t.*")
-    parsed.write.mode("overwrite").parquet(settings.storage_url("stages", "batch"))
-    return count / (time.monotonic() - started)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ticks", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--only", default="", help="comma-separated variant names (default: all)")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("kafka").setLevel(logging.WARNING)
-
-    run = uuid.uuid4().hex[:8]
-    base = load_settings()
-    settings = base.replace(topic=f"bench-stages-{run}", spark_master="local[2]",
-                            storage_root=base.storage_url("bench", f"stages-{run}"))
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, **kafka_python_options(settings))
-    admin.create_topics([NewTopic(settings.topic, num_partitions=PARTITIONS, replication_factor=1)])
-    admin.close()
+    settings = bench_settings("stages")
     spark = spark_session(settings, "bench-stages")
     fill_topic(spark, settings, args.ticks)
     chosen = {name: build for name, build in variants(spark, settings).items()
               if not args.only or name in args.only.split(",")}
 
-    batch(spark, settings, args.ticks)  # warm-up: JIT, connector, HDFS client
+    batch_throughput(spark, settings, args.ticks)  # warm-up: JIT, connector, HDFS client
     rates: dict[str, list[float]] = {"batch": []}
     for round_number in range(args.rounds):
-        rates["batch"].append(batch(spark, settings, args.ticks))
+        rates["batch"].append(batch_throughput(spark, settings, args.ticks))
         for name, build in chosen.items():
             rates.setdefault(name, []).append(drain(spark, settings, name, build, args.ticks))
             log.info("round %d %s: %.0f ticks/s", round_number, name, rates[name][-1])

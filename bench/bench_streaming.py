@@ -54,6 +54,21 @@ def write_results(path: Path, text: str) -> None:
     path.write_text(text.rstrip() + "\n" + (f"\n{notes.rstrip()}\n" if notes else ""))
 
 
+def bench_settings(name: str):
+    """Set up logging; settings of one run: a fresh topic of PARTITIONS partitions and storage root."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+    run = uuid.uuid4().hex[:8]
+    base = load_settings()
+    settings = base.replace(topic=f"bench-{name}-{run}", spark_master="local[2]", trigger_interval_s=1.0,
+                            storage_root=base.storage_url("bench", f"{name}-{run}"))
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, **kafka_python_options(settings))
+    admin.create_topics([NewTopic(settings.topic, num_partitions=PARTITIONS, replication_factor=1)])
+    admin.close()
+    return settings
+
+
 def fill_topic(spark, settings, count: int) -> None:
     """Write `count` tick JSON values to the topic with Spark (keyed by symbol)."""
     from pyspark.sql import functions as F
@@ -174,17 +189,7 @@ def main() -> int:
     parser.add_argument("--latency-seconds", type=float, default=60.0)
     parser.add_argument("--latency-rate", type=float, default=20.0, help="ticks per second during the latency run")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("kafka").setLevel(logging.WARNING)
-    logging.getLogger("py4j").setLevel(logging.WARNING)
-
-    run = uuid.uuid4().hex[:8]
-    base = load_settings()
-    settings = base.replace(topic=f"bench-streaming-{run}", spark_master="local[2]", trigger_interval_s=1.0,
-                            storage_root=base.storage_url("bench", f"streaming-{run}"))
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, **kafka_python_options(settings))
-    admin.create_topics([NewTopic(settings.topic, num_partitions=PARTITIONS, replication_factor=1)])
-    admin.close()
+    settings = bench_settings("streaming")
     spark = spark_session(settings, "bench-streaming")
 
     started = time.monotonic()
