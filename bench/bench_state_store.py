@@ -15,15 +15,10 @@ import logging
 import statistics
 import sys
 import time
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from kafka.admin import KafkaAdminClient, NewTopic
-
-from bench_streaming import PARTITIONS, end_offsets, fill_topic, wait_drained, write_results
-from btcstream.kafka_security import kafka_python_options
-from btcstream.settings import load_settings
+from bench_streaming import bench_settings, end_offsets, fill_topic, wait_drained, write_results
 from btcstream.spark import spark_session
 from btcstream.streaming import job
 
@@ -40,22 +35,14 @@ def main() -> int:
     parser.add_argument("--ticks", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("kafka").setLevel(logging.WARNING)
-
-    run = uuid.uuid4().hex[:8]
-    base = load_settings()
-    settings = base.replace(topic=f"bench-state-{run}", spark_master="local[2]", trigger_interval_s=1.0)
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, **kafka_python_options(settings))
-    admin.create_topics([NewTopic(settings.topic, num_partitions=PARTITIONS, replication_factor=1)])
-    admin.close()
+    settings = bench_settings("state")
     spark = spark_session(settings, "bench-state-store")
     fill_topic(spark, settings, args.ticks)
     ends = end_offsets(settings)
 
     def drain(provider: str, name: str) -> float:
         """Ticks/s of the raw query draining the topic from a fresh checkpoint with `provider`."""
-        attempt = settings.replace(storage_root=base.storage_url("bench", f"state-{run}-{name}"))
+        attempt = settings.replace(storage_root=settings.storage_url(name))
         spark.conf.set("spark.sql.streaming.stateStore.providerClass", provider)  # fresh checkpoint: taken
         started = time.monotonic()
         queries = job.start_queries(spark, attempt, queries=[job.RAW_QUERY], trigger_interval_s=1.0)
