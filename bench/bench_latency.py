@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from bench_streaming import bench_settings, measure_latency
-from btcstream.spark import spark_session
+from btcstream.clients.spark import spark_session
 from btcstream.streaming import job
 
 

@@ -34,16 +34,16 @@ sys.path.insert(0, str(ROOT / "tests"))  # the tests' two-symbol history helper
 
 from kafka import KafkaProducer  # noqa: E402
 
-from btcstream.clock import ExchangeClock  # noqa: E402
+from btcstream.ingest.clock import ExchangeClock  # noqa: E402
 from btcstream.exchange import spawn_exchange  # noqa: E402
 from btcstream.exchange.history import default_history_path  # noqa: E402
 from btcstream.infra.artifacts import jar_dir  # noqa: E402
 from btcstream.infra.java import java_executable  # noqa: E402
-from btcstream.producer import MarketPoller, ProducerStats, run_producer  # noqa: E402
-from btcstream.publisher import TickPublisher  # noqa: E402
+from btcstream.ingest.producer import MarketPoller, ProducerStats, run_producer  # noqa: E402
+from btcstream.ingest.publisher import TickPublisher  # noqa: E402
 from btcstream.settings import Settings, load_settings  # noqa: E402
-from btcstream.sources.binance import BinanceClient  # noqa: E402
-from btcstream.sources.coingecko import CoinGeckoClient  # noqa: E402
+from btcstream.ingest.sources.binance import BinanceClient  # noqa: E402
+from btcstream.ingest.sources.coingecko import CoinGeckoClient  # noqa: E402
 from replay_exchange import write_eth_history  # noqa: E402
 
 log = logging.getLogger("bench_producer")

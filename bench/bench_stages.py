@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Callable
 
 from bench_streaming import PARTITIONS, batch_throughput, bench_settings, fill_topic, write_results
-from btcstream import tick
-from btcstream.spark import spark_session
+from btcstream.ingest import tick
+from btcstream.clients.spark import spark_session
 from btcstream.streaming import job, parse, transforms
 
 log = logging.getLogger("bench_stages")

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench_streaming import bench_settings, end_offsets, fill_topic, wait_drained, write_results
-from btcstream.spark import spark_session
+from btcstream.clients.spark import spark_session
 from btcstream.streaming import job
 
 log = logging.getLogger("bench_state_store")

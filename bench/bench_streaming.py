@@ -31,10 +31,11 @@ import numpy as np
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from btcstream import tick
-from btcstream.kafka_security import kafka_python_options
+from btcstream.ingest import tick
+from btcstream.clients.kafka import kafka_python_options
 from btcstream.settings import load_settings
-from btcstream.spark import spark_session
+from btcstream.clients.spark import spark_session
+from btcstream.storage import checkpoints
 from btcstream.storage.filesystem import read_parquet, storage_filesystem, storage_path
 from btcstream.streaming import job, status
 from btcstream.streaming.progress import read_progress
@@ -108,7 +109,7 @@ def wait_drained(settings, checkpoint: str, ends: dict[int, int], timeout: float
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            committed = status.committed_kafka_offsets(settings, checkpoint) or {}
+            committed = checkpoints.committed_kafka_offsets(settings, checkpoint) or {}
         except (FileNotFoundError, IndexError, json.JSONDecodeError):
             committed = {}
         if all(committed.get(p, 0) >= end for p, end in ends.items()):

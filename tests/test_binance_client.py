@@ -13,8 +13,8 @@ import requests
 
 from btcstream.errors import AccessDenied, BadResponse, RateLimited, SourceUnavailable
 from btcstream.exchange import Fault
-from btcstream.sources.binance import BinanceClient
-from btcstream.sources.http import BACKOFF_CAP_S, HostCooldowns, JsonHttpClient, backoff_delay, parse_retry_after
+from btcstream.ingest.sources.binance import BinanceClient
+from btcstream.ingest.sources.http import BACKOFF_CAP_S, HostCooldowns, JsonHttpClient, backoff_delay, parse_retry_after
 from replay_exchange import two_symbol_exchange
 
 BOOK_KEYS = ["symbol", "bidPrice", "bidQty", "askPrice", "askQty"]
@@ -126,7 +126,7 @@ def test_hourly_klines_are_the_real_bars_and_never_from_the_future(exchange, cli
 def test_minute_klines_add_up_to_the_hour(exchange, client):
     history = exchange.market.history("BTCUSDT")
     hour = history.open_ms[5]
-    from btcstream.tick import utc_from_ms
+    from btcstream.ingest.tick import utc_from_ms
     minutes = client.klines("BTCUSDT", "1m", start=utc_from_ms(hour), end=utc_from_ms(hour + 3_599_999), limit=60)
     assert len(minutes) == 60
     assert minutes[0].open == history.open[5]

@@ -19,7 +19,7 @@ from kafka import KafkaProducer
 
 from btcstream.infra.spark_standalone import StandaloneCluster
 from btcstream.settings import Settings
-from btcstream.tick import Tick, iso_utc
+from btcstream.ingest.tick import Tick, iso_utc
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -80,8 +80,8 @@ KAFKA_TO_HDFS = """
     import json, sys
     from pyspark.sql import functions as F
     from btcstream.settings import load_settings
-    from btcstream.spark import spark_session
-    from btcstream.kafka_security import spark_kafka_options
+    from btcstream.clients.spark import spark_session
+    from btcstream.clients.kafka import spark_kafka_options
     settings = load_settings()
     spark = spark_session(settings, "btcstream-kafka-batch")
     # Reading Kafka and writing HDFS both happen in executor tasks: the connector jars must have
@@ -118,7 +118,7 @@ def test_kafka_source_and_hdfs_sink_run_on_standalone_executors(standalone, test
 STREAMING_JOB = """
     import json, sys, time
     from btcstream.settings import load_settings
-    from btcstream.spark import spark_session
+    from btcstream.clients.spark import spark_session
     from btcstream.streaming import job
     settings = load_settings()
     expected_hours, timeout_s = int(sys.argv[1]), float(sys.argv[2])

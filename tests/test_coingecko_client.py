@@ -13,9 +13,9 @@ import requests
 
 from btcstream.errors import BadResponse, RateLimited
 from btcstream.exchange import Fault
-from btcstream.sources.binance import BinanceClient
-from btcstream.sources.coingecko import API_KEY_HEADER, CoinGeckoClient, coin_id_for_symbol
-from btcstream.sources.http import HostCooldowns, JsonHttpClient
+from btcstream.ingest.sources.binance import BinanceClient
+from btcstream.ingest.sources.coingecko import API_KEY_HEADER, CoinGeckoClient, coin_id_for_symbol
+from btcstream.ingest.sources.http import HostCooldowns, JsonHttpClient
 from replay_exchange import two_symbol_exchange
 
 # A real answer's shape, from the CoinGecko v3 reference (market-apis.md).

@@ -20,7 +20,8 @@ from btcstream.settings import Settings
 from btcstream.storage import manifest
 from btcstream.storage.filesystem import storage_filesystem, storage_path
 from btcstream.storage.lock import exclusive_lock
-from btcstream.streaming import compact, progress, status
+from btcstream.storage import compaction
+from btcstream.streaming import progress, status
 
 T0 = datetime(2025, 2, 14, 9, tzinfo=timezone.utc)
 
@@ -82,7 +83,7 @@ def test_compaction_swaps_closed_partitions_atomically_and_deletes_after_grace(s
     set_hourly_watermark(tmp_path, T0.replace(hour=11))  # hours 9 and 10 are closed, 11 is open
 
     now = datetime.now(timezone.utc)
-    report, = compact.compact(settings, ["raw_data"], grace=timedelta(minutes=10), now=now)
+    report, = compaction.compact(settings, ["raw_data"], grace=timedelta(minutes=10), now=now)
     assert (report.partitions_compacted, report.files_replaced, report.partitions_skipped_open) == (2, 4, 1)
     assert rows(settings, "raw_data") == before  # no duplicates, no gaps
     committed = manifest.committed_files(storage_filesystem(settings), str(raw))
@@ -92,7 +93,7 @@ def test_compaction_swaps_closed_partitions_atomically_and_deletes_after_grace(s
     assert len(list((raw / "date=2025-02-14" / "hour=9").glob("part-0000*"))) == 2
     assert stray.exists()
 
-    report, = compact.compact(settings, ["raw_data"], grace=timedelta(minutes=10), now=now + timedelta(minutes=11))
+    report, = compaction.compact(settings, ["raw_data"], grace=timedelta(minutes=10), now=now + timedelta(minutes=11))
     assert report.partitions_compacted == 0  # one file per closed partition already
     assert not list((raw / "date=2025-02-14" / "hour=9").glob("part-0000*"))
     assert not stray.exists()
@@ -106,20 +107,20 @@ def test_a_second_compactor_is_refused_while_one_runs_and_the_lock_is_released_a
     write_sink_batch(raw, 1, {9: [3]})
     set_hourly_watermark(tmp_path, T0.replace(hour=11))
     fs = storage_filesystem(settings)
-    lock_path = f"{settings.storage_path}/{compact.LOCK_FILE}"
+    lock_path = f"{settings.storage_path}/{compaction.LOCK_FILE}"
 
     with exclusive_lock(fs, lock_path, "a compaction elsewhere"):
         with pytest.raises(LockHeld, match=r"held by a compaction elsewhere by .*pid \d+.*delete the lock file"):
-            compact.compact(settings, ["raw_data"])
+            compaction.compact(settings, ["raw_data"])
         assert len(manifest.committed_files(fs, str(raw))) == 2  # the refused run changed nothing
-    report, = compact.compact(settings, ["raw_data"])
+    report, = compaction.compact(settings, ["raw_data"])
     assert report.partitions_compacted == 1
     assert not fs.exists(lock_path)
 
 
 def test_releasing_a_lock_leaves_a_lock_that_is_no_longer_ours(settings: Settings, caplog) -> None:
     fs = storage_filesystem(settings)
-    lock_path = f"{settings.storage_path}/{compact.LOCK_FILE}"
+    lock_path = f"{settings.storage_path}/{compaction.LOCK_FILE}"
 
     with exclusive_lock(fs, lock_path, "first"):
         fs.rm(lock_path)  # deleted by hand while held...
@@ -138,10 +139,10 @@ def test_late_files_after_a_compaction_stay_visible_and_are_compacted_again(sett
     write_sink_batch(raw, 0, {9: [1]})
     write_sink_batch(raw, 1, {9: [2]})
     set_hourly_watermark(tmp_path, T0.replace(hour=12))
-    compact.compact(settings, ["raw_data"], grace=timedelta(0))
+    compaction.compact(settings, ["raw_data"], grace=timedelta(0))
     write_sink_batch(raw, 2, {9: [3]})  # committed after the swap: visible beside the merged file
     assert [t.second for t, _ in rows(settings, "raw_data")] == [1, 2, 3]
-    compact.compact(settings, ["raw_data"], grace=timedelta(0))
+    compaction.compact(settings, ["raw_data"], grace=timedelta(0))
     committed = manifest.committed_files(storage_filesystem(settings), str(raw))
     assert len(committed) == 1 and [t.second for t, _ in rows(settings, "raw_data")] == [1, 2, 3]
 
@@ -150,17 +151,17 @@ def test_raw_late_cut_of_the_previous_batch_bounds_what_is_closed(settings: Sett
     set_watermark(tmp_path, T0.replace(hour=13))
     set_watermark(tmp_path, T0.replace(hour=10), query="raw", batch=4)  # the in-flight batch drops below 10:00
     set_watermark(tmp_path, T0.replace(hour=12), query="raw", batch=5)  # planned, not committed yet
-    assert compact.closed_before(settings) == T0.replace(hour=10)
+    assert compaction.closed_before(settings) == T0.replace(hour=10)
     commits = tmp_path / "checkpoints" / "raw" / "commits"
     commits.mkdir(parents=True)
     (commits / "5").write_text("v1\n{}")  # batch 5 committed: the next batch drops below 12:00
-    assert compact.closed_before(settings) == T0.replace(hour=12)
+    assert compaction.closed_before(settings) == T0.replace(hour=12)
 
 
 def test_nothing_is_compacted_without_an_hourly_watermark(settings: Settings, tmp_path: Path):
     write_sink_batch(tmp_path / "raw_data", 0, {9: [1]})
     write_sink_batch(tmp_path / "raw_data", 1, {9: [2]})
-    report, = compact.compact(settings, ["raw_data"])
+    report, = compaction.compact(settings, ["raw_data"])
     assert report.partitions_compacted == 0
 
 
@@ -180,7 +181,7 @@ def test_progress_totals_count_a_rerun_batch_once():
 @pytest.mark.integration
 def test_lock_on_hdfs_is_exclusive_and_released(test_settings: Settings) -> None:
     fs = storage_filesystem(test_settings)
-    lock_path = storage_path(test_settings, compact.LOCK_FILE)
+    lock_path = storage_path(test_settings, compaction.LOCK_FILE)
     with exclusive_lock(fs, lock_path, "first"):
         with pytest.raises(LockHeld, match="held by first by"):
             with exclusive_lock(fs, lock_path, "second"):
@@ -204,6 +205,6 @@ def test_hourly_lag_counts_committed_raw_files_no_hourly_batch_has_taken(setting
     assert status.unread_raw_files(settings, "hourly") == 2
 
     set_hourly_watermark(tmp_path, T0.replace(hour=12))
-    report, = compact.compact(settings, ["raw_data"], min_files=1, grace=timedelta(0))
+    report, = compaction.compact(settings, ["raw_data"], min_files=1, grace=timedelta(0))
     assert report.partitions_compacted == 3  # swapped in our manifest only: Spark's logs are untouched
     assert status.unread_raw_files(settings, "hourly") == 2

@@ -14,7 +14,7 @@ import pytest
 from btcstream.errors import SettingsError
 from btcstream.infra import processes
 from btcstream.infra.kafka import KafkaBroker
-from btcstream.kafka_security import JAAS_LOGIN_MODULES, jaas_quote, kafka_python_options, spark_kafka_options
+from btcstream.clients.kafka import JAAS_LOGIN_MODULES, jaas_quote, kafka_python_options, spark_kafka_options
 from btcstream.settings import Settings, load_settings
 
 SECRET = 'pa"ss\\w0rd-s3cr3t'
@@ -173,9 +173,9 @@ def sasl_broker(tmp_path_factory):
 
 SPARK_READ = """
 import json
-from btcstream.kafka_security import spark_kafka_options
+from btcstream.clients.kafka import spark_kafka_options
 from btcstream.settings import load_settings
-from btcstream.spark import spark_session
+from btcstream.clients.spark import spark_session
 settings = load_settings()
 spark = spark_session(settings, "sasl-read")
 rows = (spark.read.format("kafka").option("kafka.bootstrap.servers", settings.kafka_bootstrap)

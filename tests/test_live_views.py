@@ -6,10 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from btcstream import live_views, notebook
+from btcstream.streaming import live_views
+from btcstream.workbench import notebook
 from btcstream.errors import SettingsError
 from btcstream.settings import Settings
-from btcstream.spark import spark_session
+from btcstream.clients.spark import spark_session
 from btcstream.storage.readers import normalise_frame
 from btcstream.streaming import parse, transforms
 from test_transforms import kafka_frame, random_ticks

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from btcstream import plots
-from btcstream.report import HOURLY_NOTEBOOK, NOTEBOOK_DIR, NOTEBOOKS, PLOTLY_MIME, build_report
+from btcstream.workbench import plots
+from btcstream.workbench.report import HOURLY_NOTEBOOK, NOTEBOOK_DIR, NOTEBOOKS, PLOTLY_MIME, build_report
 from btcstream.settings import Settings
 from btcstream.storage.readers import read_hourly_metrics
 from test_readers import hourly_frame, write_file_sink
@@ -130,7 +130,7 @@ def text_outputs(executed: Path) -> str:
 
 @pytest.mark.integration
 def test_notebooks_run_the_pipeline_and_chart_what_it_stored(test_settings: Settings, tmp_path: Path) -> None:
-    from btcstream.report import PIPELINE_NOTEBOOK, STREAMING_NOTEBOOK
+    from btcstream.workbench.report import PIPELINE_NOTEBOOK, STREAMING_NOTEBOOK
     from btcstream.storage.readers import read_raw_ticks
 
     common = {"storage_root": test_settings.storage_root, "topic": test_settings.topic, "spark_master": "local[2]"}

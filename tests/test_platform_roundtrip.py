@@ -14,7 +14,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from btcstream.settings import Settings
-from btcstream.spark import spark_session
+from btcstream.clients.spark import spark_session
 
 pytestmark = pytest.mark.integration
 

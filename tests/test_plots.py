@@ -9,7 +9,7 @@ import pandas as pd
 import plotly.io as pio
 import pytest
 
-from btcstream import plots
+from btcstream.workbench import plots
 from test_readers import hourly_frame
 
 

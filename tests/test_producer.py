@@ -17,16 +17,16 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from kafka import KafkaConsumer
 
-from btcstream.clock import ExchangeClock
+from btcstream.ingest.clock import ExchangeClock
 from btcstream.errors import AccessDenied, BtcstreamError
 from btcstream.exchange import Fault
-from btcstream.producer import MarketPoller, ProducerStats, run_producer
-from btcstream.publisher import TickPublisher
+from btcstream.ingest.producer import MarketPoller, ProducerStats, run_producer
+from btcstream.ingest.publisher import TickPublisher
 from btcstream.settings import Settings
-from btcstream.sources.binance import BinanceClient
-from btcstream.sources.coingecko import CoinGeckoClient
-from btcstream.sources.http import HostCooldowns, JsonHttpClient
-from btcstream.tick import FIELD_NAMES, Tick
+from btcstream.ingest.sources.binance import BinanceClient
+from btcstream.ingest.sources.coingecko import CoinGeckoClient
+from btcstream.ingest.sources.http import HostCooldowns, JsonHttpClient
+from btcstream.ingest.tick import FIELD_NAMES, Tick
 from replay_exchange import two_symbol_exchange
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")

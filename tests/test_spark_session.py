@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from btcstream.spark import shuffle_partitions
+from btcstream.clients.spark import shuffle_partitions
 
 
 @pytest.mark.parametrize(("master", "expected"), [

@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 DRIVER = textwrap.dedent("""
     import json, os, sys
     from btcstream.settings import Settings
-    from btcstream.spark import spark_session
+    from btcstream.clients.spark import spark_session
     spark = spark_session(Settings(spark_master=sys.argv[1]), "standalone-smoke", with_kafka=False)
     # A Python lambda runs in a Python worker on the executor, not in the driver.
     executor_pids = spark.sparkContext.parallelize(range(4), 2).map(lambda _: os.getpid()).distinct().collect()

@@ -26,12 +26,12 @@ from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError
 
-from btcstream import tick
-from btcstream.kafka_security import kafka_python_options
+from btcstream.ingest import tick
+from btcstream.clients.kafka import kafka_python_options
 from btcstream.settings import PROJECT_ROOT, Settings
-from btcstream.storage import manifest
+from btcstream.storage import checkpoints, compaction, manifest
 from btcstream.storage.filesystem import read_parquet, storage_filesystem, storage_path
-from btcstream.streaming import compact, status
+from btcstream.streaming import status
 from test_transforms import assert_hourly_equal, independent_hourly
 
 pytestmark = pytest.mark.integration
@@ -163,7 +163,7 @@ def drained(settings: Settings, checkpoint: str) -> Callable[[], bool]:
             ends = consumer.end_offsets([TopicPartition(settings.topic, p) for p in parts])
         finally:
             consumer.close()
-        committed = status.committed_kafka_offsets(settings, checkpoint) or {}
+        committed = checkpoints.committed_kafka_offsets(settings, checkpoint) or {}
         return all(committed.get(tp.partition, 0) >= end for tp, end in ends.items())
     return check
 
@@ -271,7 +271,7 @@ def test_duplicates_out_of_order_late_and_malformed_ticks_then_compaction(job_se
         fs = storage_filesystem(settings)
         raw_root = storage_path(settings, "raw_data")
         before = manifest.committed_files(fs, raw_root)
-        reports = compact.compact(settings, ["raw_data"], min_files=1, grace=timedelta(0))
+        reports = compaction.compact(settings, ["raw_data"], min_files=1, grace=timedelta(0))
         assert reports[0].partitions_compacted == 3  # hours 9, 10, 11; hour 14 is still open
         after = manifest.committed_files(fs, raw_root)
         assert sum("/hour=14/" not in p for p in after) == 3
@@ -279,7 +279,7 @@ def test_duplicates_out_of_order_late_and_malformed_ticks_then_compaction(job_se
         assert_raw_equals(settings, kept + pushers)
 
         # Spark reads the same committed rows through committed_urls.
-        from btcstream.spark import spark_session
+        from btcstream.clients.spark import spark_session
 
         spark = spark_session(settings, "test-streaming-reader", with_kafka=False)
         urls = manifest.committed_urls(settings, "raw_data")

@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from btcstream import tick
+from btcstream.ingest import tick
 from btcstream.settings import Settings
-from btcstream.spark import spark_session
+from btcstream.clients.spark import spark_session
 from btcstream.streaming import parse, transforms
 
 START = datetime(2025, 2, 14, 9, 0, tzinfo=timezone.utc)

@@ -9,7 +9,7 @@ from btcstream.settings import Settings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from btcstream.streaming.compact import DATASETS, DEFAULT_GRACE
+    from btcstream.storage.compaction import DATASETS, DEFAULT_GRACE
 
     parser = subparsers.add_parser("compact", help="merge small Parquet files of closed partitions "
                                                    "(readers never see duplicates or gaps)")
@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from btcstream.streaming.compact import DATASETS, compact
+    from btcstream.storage.compaction import DATASETS, compact
 
     reports = compact(settings, args.datasets or DATASETS, min_files=args.min_files,
                       grace=timedelta(minutes=args.grace_minutes))

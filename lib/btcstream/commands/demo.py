@@ -13,6 +13,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from btcstream.demo import run_demo
+    from btcstream.workbench.demo import run_demo
 
     return run_demo(settings)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import threading
 
-from btcstream.producer import DEFAULT_REPLAY_SPEED, SOURCES, run_producer, stop_on_signals
+from btcstream.ingest.producer import DEFAULT_REPLAY_SPEED, SOURCES, run_producer, stop_on_signals
 from btcstream.settings import Settings
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from btcstream.errors import ReportError
-from btcstream.report import NOTEBOOKS, REPORT_DIR, build_report
+from btcstream.workbench.report import NOTEBOOKS, REPORT_DIR, build_report
 from btcstream.settings import Settings
 
 

@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from btcstream.spark import spark_session
+    from btcstream.clients.spark import spark_session
     from btcstream.streaming import job
 
     stop = threading.Event()

@@ -5,7 +5,7 @@ half-written or failed-batch file is never read):
 
 - ``pyarrow``: JVM-free; WebHDFS for ``hdfs://`` (through fsspec) or the local disk for ``file://``.
 - ``duckdb``: JVM-free, local files only (``file://``); faster than pyarrow on many small files.
-- ``spark``: for large scans and clusters (``btcstream.spark.spark_session``).
+- ``spark``: for large scans and clusters (``btcstream.clients.spark.spark_session``).
 
 ``engine="auto"`` picks duckdb for ``file://`` and pyarrow for ``hdfs://``. Every engine prunes
 hive-style partitions (``date=YYYY-MM-DD`` and, if present, ``hour=H``) against the time range
@@ -33,7 +33,7 @@ from btcstream.errors import StorageReadError
 from btcstream.settings import Settings
 from btcstream.storage.filesystem import read_parquet, storage_filesystem, storage_path
 from btcstream.storage.manifest import committed_files
-from btcstream.tick import FIELD_NAMES
+from btcstream.ingest.tick import FIELD_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ def spark_dataset(settings: Settings, dataset: str, time_column: str | None = No
 
 def _spark_files(settings: Settings, dataset: str, files: list[str]):
     """Spark reads exactly the committed files; `basePath` keeps the partition columns."""
-    from btcstream.spark import spark_session
+    from btcstream.clients.spark import spark_session
 
     spark = spark_session(settings, "btcstream-reader", with_kafka=False)
     root_url = urlparse(settings.storage_root)

@@ -5,7 +5,7 @@ Three queries, each with its own checkpoint under `<root>/checkpoints/`:
 - `btcstream_quarantine`: Kafka -> records that fail parsing/validation -> `<root>/quarantine`
   (Parquet, partitioned by the Kafka timestamp's UTC date).
 - `btcstream_raw`: Kafka -> valid ticks -> watermark on event_time (`allowed_lateness`) ->
-  `dropDuplicatesWithinWatermark(symbol, event_time)` (in-memory state store, see `btcstream.spark`)
+  `dropDuplicatesWithinWatermark(symbol, event_time)` (in-memory state store, see `btcstream.clients.spark`)
   -> `enrich` -> `<root>/raw_data`
   (Parquet, partitioned by `date` and `hour` of event_time, one file per touched hour per batch).
   Ticks older than the watermark are dropped here and counted (`numRowsDroppedByWatermark`).
@@ -37,7 +37,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 
-from btcstream.kafka_security import spark_kafka_options
+from btcstream.clients.kafka import spark_kafka_options
 from btcstream.settings import Settings
 from btcstream.streaming import parse, transforms
 from btcstream.streaming.progress import ProgressWriter

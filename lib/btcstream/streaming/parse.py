@@ -13,7 +13,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, TimestampType
 
-from btcstream import tick
+from btcstream.ingest import tick
 
 CORRUPT_COLUMN = "_corrupt_record"
 PRICE_FIELDS = ("bid_price", "ask_price")

@@ -41,7 +41,7 @@ def enrich(ticks: DataFrame) -> DataFrame:
         (F.col("bid_price") * F.col("bid_qty") + F.col("ask_price") * F.col("ask_qty")).alias("top_of_book_liquidity"),
         (spread / mid * PERCENT).alias("spread_percentage"),
         ((F.col("high_24h") - F.col("low_24h")) / mid * PERCENT).alias("range_24h_percentage"),
-        # The session time zone is UTC (btcstream.spark), so these are UTC calendar fields.
+        # The session time zone is UTC (btcstream.clients.spark), so these are UTC calendar fields.
         F.to_date("event_time").alias("date"),
         F.hour("event_time").alias("hour"),
     )

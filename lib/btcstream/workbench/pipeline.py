@@ -4,7 +4,7 @@
 running) and returns a `Pipeline`; `pipeline.stop()` stops the producer, lets the queries drain
 everything it sent, then stops the queries, the exchange and (if asked) the stack it started.
 Notebook 01 and the demo use it. Not for: the job's logic (`btcstream.streaming.job`) or the
-producer's (`btcstream.producer`); this module only starts, watches and stops them.
+producer's (`btcstream.ingest.producer`); this module only starts, watches and stops them.
 """
 
 from __future__ import annotations
@@ -146,8 +146,8 @@ def start_pipeline(settings: Settings, source: str = "replay", *, replay_speed: 
     if source not in SOURCES:
         raise PipelineError(f"unknown source {source!r}; expected one of {', '.join(SOURCES)}")
     started_stack = _ensure_stack(settings) if start_stack else False
-    from btcstream.publisher import ensure_topic
-    from btcstream.spark import spark_session
+    from btcstream.ingest.publisher import ensure_topic
+    from btcstream.clients.spark import spark_session
     from btcstream.streaming.job import start_queries, stop_queries
 
     if source == "replay" and replay_start is None:
@@ -179,7 +179,7 @@ def start_pipeline(settings: Settings, source: str = "replay", *, replay_speed: 
 
 def _produce(pipeline: Pipeline, replay_speed: float) -> None:
     """The producer thread: runs until the pipeline's stop event; keeps its stats or its error."""
-    from btcstream.producer import run_producer
+    from btcstream.ingest.producer import run_producer
 
     try:
         pipeline._producer_result["stats"] = run_producer(

@@ -15,8 +15,8 @@ from datetime import datetime
 from typing import Any, Iterable
 
 from btcstream.errors import BadResponse
-from btcstream.sources.fields import as_float, as_utc_from_iso
-from btcstream.sources.http import JsonHttpClient
+from btcstream.ingest.sources.fields import as_float, as_utc_from_iso
+from btcstream.ingest.sources.http import JsonHttpClient
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Each notebook runs in its own kernel with the parameters given (papermill injects them after the
 tagged `parameters` cell); the executed `.ipynb` and an `.html` beside it go to `reports/`.
-The HTML carries plotly.js inline (the notebooks render figures with `btcstream.notebook.setup`),
+The HTML carries plotly.js inline (the notebooks render figures with `btcstream.workbench.notebook.setup`),
 so the interactive charts open offline. A notebook that fails still leaves its executed
 `.ipynb` and HTML (with the error in it) and raises `ReportError` naming it.
 Not for: what the notebooks compute (they only call into `btcstream`).

@@ -30,7 +30,7 @@ from btcstream.settings import Settings
 from btcstream.storage import manifest
 from btcstream.storage.filesystem import read_parquet, storage_filesystem, storage_path
 from btcstream.storage.lock import exclusive_lock
-from btcstream.streaming.status import batch_watermark_ms, late_cut_ms
+from btcstream.storage.checkpoints import batch_watermark_ms, late_cut_ms
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def closed_before(settings: Settings) -> datetime | None:
     """Partitions ending at or before this moment can receive no more rows (None: nothing is closed yet).
 
     The hourly query's current watermark (it has read every raw file below it), and no later than
-    the raw query's late-row cut (`status.late_cut_ms`).
+    the raw query's late-row cut (`checkpoints.late_cut_ms`).
     """
     hourly_ms = batch_watermark_ms(settings, "hourly")
     raw_late_cut_ms = late_cut_ms(settings, "raw")

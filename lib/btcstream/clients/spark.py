@@ -85,5 +85,5 @@ def spark_session(settings: Settings, app_name: str = "btcstream", *, with_kafka
     if with_kafka and "spark-sql-kafka" not in session.sparkContext.getConf().get("spark.jars", ""):
         raise SparkSessionError(
             "this process already runs a SparkSession without Spark's Kafka connector; restart the kernel "
-            "(or process) and call btcstream.spark.spark_session before anything else creates a session")
+            "(or process) and call btcstream.clients.spark.spark_session before anything else creates a session")
     return session

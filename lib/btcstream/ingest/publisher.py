@@ -28,9 +28,9 @@ from kafka.errors import (ClusterAuthorizationFailedError, InvalidRecordError, I
                           KafkaTimeoutError, MessageSizeTooLargeError, RecordListTooLargeError,
                           TopicAlreadyExistsError, TopicAuthorizationFailedError, UnsupportedForMessageFormatError)
 
-from btcstream.kafka_security import kafka_python_options
+from btcstream.clients.kafka import kafka_python_options
 from btcstream.settings import Settings
-from btcstream.tick import Tick
+from btcstream.ingest.tick import Tick
 
 log = logging.getLogger(__name__)
 

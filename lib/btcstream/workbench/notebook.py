@@ -2,8 +2,8 @@
 
 A notebook's `parameters` cell holds plain literals (strings, numbers, booleans) so papermill can
 inject and document them; these helpers turn them into Settings, time ranges and symbol lists.
-Not for: reading data (`btcstream.storage.readers`), charts (`btcstream.plots`) or running the
-pipeline (`btcstream.pipeline`).
+Not for: reading data (`btcstream.storage.readers`), charts (`btcstream.workbench.plots`) or running the
+pipeline (`btcstream.workbench.pipeline`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from btcstream.settings import Settings, load_settings
 from btcstream.storage.readers import TimeRange
 
 # Plotly's JSON: JupyterLab draws it, the tests read the data behind each figure from it, and
-# `btcstream.report` turns it into offline HTML (plotly.js inlined once per page).
+# `btcstream.workbench.report` turns it into offline HTML (plotly.js inlined once per page).
 PLOTLY_RENDERERS = "plotly_mimetype"
 NOTEBOOK_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 CATCH_UP_TIMEOUT_S = 180.0  # longest wait for a live view to take in what the topic holds

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 def run_demo(settings: Settings) -> int:
     """Run the demo; returns the process exit code."""
-    from btcstream.report import REPORT_DIR, build_report
+    from btcstream.workbench.report import REPORT_DIR, build_report
 
     started = time.monotonic()
     print("[1/2] local stack (Kafka broker + HDFS)", flush=True)

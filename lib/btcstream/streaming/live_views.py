@@ -78,7 +78,7 @@ def view_frame(spark: SparkSession, name: str = WINDOW_VIEW) -> pd.DataFrame:
 
 def _kafka(spark: SparkSession, settings: Settings, starting_offsets: str) -> DataFrame:
     """The tick topic, as the job reads it but from `starting_offsets` and without a checkpoint."""
-    from btcstream.kafka_security import spark_kafka_options
+    from btcstream.clients.kafka import spark_kafka_options
 
     return (spark.readStream.format("kafka")
             .option("kafka.bootstrap.servers", settings.kafka_bootstrap)

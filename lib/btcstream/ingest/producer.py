@@ -30,13 +30,13 @@ from pathlib import Path
 from typing import Iterator, Mapping
 from urllib.parse import urlparse
 
-from btcstream.clock import ExchangeClock
+from btcstream.ingest.clock import ExchangeClock
 from btcstream.errors import BadResponse, BtcstreamError, RateLimited, SourceUnavailable
-from btcstream.publisher import TickPublisher
+from btcstream.ingest.publisher import TickPublisher
 from btcstream.settings import LOCAL_HOSTS, Settings
-from btcstream.sources.binance import BinanceClient, BookTicker, Ticker24h
-from btcstream.sources.coingecko import CoinGeckoClient, CoinMarket, coin_id_for_symbol
-from btcstream.tick import Tick, iso_utc
+from btcstream.ingest.sources.binance import BinanceClient, BookTicker, Ticker24h
+from btcstream.ingest.sources.coingecko import CoinGeckoClient, CoinMarket, coin_id_for_symbol
+from btcstream.ingest.tick import Tick, iso_utc
 
 log = logging.getLogger(__name__)
 

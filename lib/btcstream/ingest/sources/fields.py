@@ -9,7 +9,7 @@ import math
 from datetime import datetime, timezone
 from typing import Any
 
-from btcstream.tick import utc_from_ms
+from btcstream.ingest.tick import utc_from_ms
 
 
 def as_float(value: Any) -> float | None:
