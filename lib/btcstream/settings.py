@@ -1,8 +1,9 @@
 """One typed settings object for every btcstream component.
 
-Defaults live in `config/btcstream.yaml`; environment variables `BTCSTREAM_<NAME>` win over them;
-secrets come only from the environment. Tests build `Settings(...)` explicitly or call
-`load_settings(env={...})`. Not for: per-command flags (the CLI passes those on directly).
+Defaults live in the package data file `resources/btcstream.yaml`; environment variables
+`BTCSTREAM_<NAME>` win over them; secrets come only from the environment. Tests build
+`Settings(...)` explicitly or call `load_settings(env={...})`. Not for: per-command flags (the CLI
+passes those on directly).
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from urllib.parse import urlparse
 import yaml
 
 from btcstream.errors import SettingsError
+from btcstream.resources import default_config_file
 
 ENV_PREFIX = "BTCSTREAM_"
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_CONFIG_FILE = PROJECT_ROOT / "config" / "btcstream.yaml"
+DEFAULT_CONFIG_FILE = default_config_file()
 SECRET_FIELDS = frozenset({"coingecko_api_key", "kafka_sasl_password"})
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 _DURATION = re.compile(r"^\s*\d+\s+(second|minute|hour|day)s?\s*$")
@@ -29,7 +30,7 @@ _DURATION = re.compile(r"^\s*\d+\s+(second|minute|hour|day)s?\s*$")
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything btcstream can be configured with; see config/btcstream.yaml for the meaning."""
+    """Everything btcstream can be configured with; see resources/btcstream.yaml for the meaning."""
 
     kafka_bootstrap: str = "localhost:9092"
     topic: str = "btc_ticks"

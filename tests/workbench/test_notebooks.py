@@ -15,10 +15,12 @@ import pandas as pd
 import pytest
 
 from btcstream.workbench import plots
-from btcstream.workbench.report import HOURLY_NOTEBOOK, NOTEBOOK_DIR, NOTEBOOKS, PLOTLY_MIME, build_report
+from btcstream.workbench.report import (HOURLY_NOTEBOOK, NOTEBOOK_DIR, NOTEBOOKS, PLOTLY_JS_FILE, PLOTLY_MIME,
+                                        build_report)
 from btcstream.settings import Settings
 from btcstream.storage.readers import read_hourly_metrics
-from test_readers import hourly_frame, write_file_sink
+from helpers.file_sink import write_file_sink
+from helpers.hourly import hourly_frame
 
 pytestmark = pytest.mark.notebook
 
@@ -54,7 +56,8 @@ def assert_offline_html(html: Path, figure_count: int) -> None:
     text = html.read_text(encoding="utf-8")
     assert not re.findall(r"<script[^>]+src=[\"']https?://", text), "the report must not load scripts from the network"
     assert text.count("Plotly.newPlot(") == figure_count
-    assert "plotly.js v" in text  # the library itself is inlined
+    assert f'src="{PLOTLY_JS_FILE}"' in text and "plotly.js v" not in text  # loaded from the file beside, once
+    assert "plotly.js v" in (html.parent / PLOTLY_JS_FILE).read_text(encoding="utf-8")[:200]
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -144,6 +147,9 @@ def test_notebooks_run_the_pipeline_and_chart_what_it_stored(test_settings: Sett
     for run in runs:
         assert errors(run.executed) == [], run.notebook
         assert_offline_html(run.html, figure_count=len(figures(run.executed)))
+    report_dir = tmp_path / "reports"
+    assert sum(run.html.stat().st_size for run in runs) < 2_000_000  # plotly.js is not repeated in each page
+    assert [path.name for path in report_dir.glob("*.js")] == [PLOTLY_JS_FILE]
 
     # 01: every tick the producer sent is in raw_data exactly once; hours were closed and stored.
     raw = read_raw_ticks(test_settings, engine="pyarrow")

@@ -1,4 +1,4 @@
-"""`btcstream report`: execute the notebooks with papermill into reports/ as .ipynb and offline HTML.
+"""`btcstream report`: execute the notebooks with papermill into ./reports as .ipynb and offline HTML.
 
 `-p NOTEBOOK_PREFIX NAME VALUE` passes a parameter to one notebook (`-p 01 duration_s 120`);
 `--only 03` runs a subset. Values are parsed as Python/JSON literals when they can be, else kept
@@ -24,7 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="a notebook parameter, e.g. -p 01 duration_s 120 (NOTEBOOK is a file-name prefix)")
     parser.add_argument("--only", action="append", default=[], metavar="NOTEBOOK",
                         help="run only notebooks whose name starts with this (repeatable), e.g. --only 03")
-    parser.add_argument("--output-dir", type=Path, default=REPORT_DIR, help=f"default {REPORT_DIR}")
+    parser.add_argument("--output-dir", type=Path, default=REPORT_DIR,
+                        help=f"default {REPORT_DIR}/ under the current directory")
     parser.set_defaults(func=run)
 
 

@@ -1,8 +1,9 @@
 """Resolve the JVM artifacts btcstream runs (Kafka broker, HDFS, Spark's Kafka connector) once.
 
-Each component has its own tiny POM under `config/maven/<component>/` so the three dependency
-sets never force one version of a shared library (jackson, slf4j) on each other. Maven copies the
-runtime jars into `<cache_dir>/jars/<component>/`; after that everything works offline.
+Each component has its own tiny POM, package data under `btcstream/resources/maven/<component>/`, so
+the three dependency sets never force one version of a shared library (jackson, slf4j) on each
+other. Maven copies the runtime jars into `<cache_dir>/jars/<component>/`; after that everything
+works offline.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ import sys
 from pathlib import Path
 
 from btcstream.errors import InfraError
-from btcstream.settings import PROJECT_ROOT, Settings
+from btcstream.resources import pom_dir
+from btcstream.settings import Settings
 
 log = logging.getLogger(__name__)
 
-POM_DIR = PROJECT_ROOT / "config" / "maven"
+POM_DIR = pom_dir()
 COMPONENTS = ("kafka", "hdfs", "spark-kafka")
 _COMPLETE_MARKER = ".complete"
 _VERSIONED_JAR = re.compile(r"^(?P<name>.+?)-\d[\w.+-]*\.jar$")
