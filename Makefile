@@ -33,8 +33,15 @@ test: jars
 	-@[ "$$(id -u)" = 0 ] && bash .ci/install-compose.sh || echo "note: not root, docker-compose not installed; its validation test will say so"
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# No JVM: leaves out `integration` and `spark` tests, and BTCSTREAM_TEST_NO_JVM=1 makes the run fail
+# if anything started java or a Spark launcher all the same (tests/helpers/no_jvm.py).
 test-fast: setup
-	$(BIN)/python -m pytest -m "not integration"
+	@start=$$(date +%s); \
+	BTCSTREAM_TEST_NO_JVM=1 $(BIN)/python -m pytest -m "not integration and not spark" $(PYTEST_ARGS); status=$$?; \
+	seconds=$$(( $$(date +%s) - start )); \
+	if [ $$status = 0 ]; then echo "test-fast: passed in $$seconds s, no JVM started"; \
+	else echo "test-fast: FAILED (pytest exit $$status) after $$seconds s"; fi; \
+	exit $$status
 
 lint-notebooks: setup
 	$(BIN)/nbstripout --verify notebooks/*.ipynb

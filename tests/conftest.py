@@ -1,20 +1,32 @@
-"""Shared pytest fixtures: the real local Kafka + HDFS stack, fresh topics and storage roots.
+"""Shared pytest fixtures and the test tiers' checks.
 
 `local_stack` starts the broker and HDFS (through `btcstream.infra.stack`, exactly as
 `btcstream infra up` does) once per test session and stops them afterwards, unless they were
-already running before the tests, in which case it leaves them running.
+already running before the tests, in which case it leaves them running. `spark` is one local
+Spark session for the DataFrame tests.
+
+Tiers: tests that start Spark carry the `spark` marker (checked here for every user of the `spark`
+fixture), tests that need the stack carry `integration`. `make test-fast` leaves both out and sets
+BTCSTREAM_TEST_NO_JVM=1, under which a `JvmWatch` (tests/helpers/no_jvm.py) fails the run if any
+JVM was started all the same. Shared helper code lives in tests/helpers, not in test modules.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from btcstream.infra import stack
 from btcstream.infra.kafka import KafkaBroker
 from btcstream.settings import Settings, load_settings
+from helpers.no_jvm import NO_JVM_VARIABLE, JvmWatch, no_jvm_requested
+
+JVM_WATCH = pytest.StashKey[JvmWatch]()
 
 
 def _stack_settings() -> Settings:
@@ -65,3 +77,80 @@ def restart_kafka(local_stack: Settings) -> Callable[[], None]:
 def kafka_broker(local_stack: Settings) -> KafkaBroker:
     """The session's broker, for tests that stop and start it themselves (`.stop()`, `.start()`)."""
     return KafkaBroker(local_stack)
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory: pytest.TempPathFactory):
+    """One local Spark session (two cores, no Kafka connector needed) for the DataFrame tests.
+
+    Tests using it must carry the `spark` marker (see `pytest_collection_modifyitems`).
+    """
+    from btcstream.clients.spark import spark_session
+
+    settings = Settings(spark_master="local[2]", storage_root=f"file://{tmp_path_factory.mktemp('spark-unit')}")
+    return spark_session(settings, "btcstream-tests", with_kafka=False)
+
+
+# --- tiers -------------------------------------------------------------------------------------
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse a test that uses the `spark` fixture without the `spark` marker: it would start a JVM
+    in the fast tier."""
+    unmarked = [item.nodeid for item in items
+                if "spark" in getattr(item, "fixturenames", ()) and item.get_closest_marker("spark") is None]
+    if unmarked:
+        raise pytest.UsageError("these tests use the `spark` fixture but lack the `spark` marker "
+                                "(add `pytestmark = pytest.mark.spark` or `@pytest.mark.spark`):\n  "
+                                + "\n  ".join(unmarked))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under BTCSTREAM_TEST_NO_JVM=1 (`make test-fast`), watch the whole session for JVM launches."""
+    if no_jvm_requested():
+        watch = JvmWatch(Path(tempfile.mkdtemp(prefix="btcstream-no-jvm-")))
+        watch.start()
+        config.stash[JVM_WATCH] = watch
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    """After each test's teardown, record a JVM that a child process started and left running."""
+    try:
+        return (yield)
+    finally:
+        watch = item.config.stash.get(JVM_WATCH, None)
+        if watch is not None:
+            watch.check_descendants(f"{item.nodeid} (running after it)")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A JVM started under the watch fails an otherwise passing run."""
+    watch = session.config.stash.get(JVM_WATCH, None)
+    if watch is None:
+        return
+    watch.check_descendants("at the end of the session")
+    watch.stop()
+    if watch.launches() and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """Name each test and the command that started a JVM, or say that none was started."""
+    watch = config.stash.get(JVM_WATCH, None)
+    if watch is None:
+        return
+    launches = watch.launches()
+    if launches:
+        terminalreporter.write_sep("=", f"a JVM was started although {NO_JVM_VARIABLE}=1", red=True)
+        for launch in launches:
+            terminalreporter.write_line(str(launch))
+        terminalreporter.write_line("mark these tests `spark` (or `integration`), or stop them starting a JVM")
+    else:
+        terminalreporter.write_line(f"{NO_JVM_VARIABLE}: no JVM was started (java, JDK tools and Spark launchers "
+                                    "watched in this process and its children)", green=True)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    watch = config.stash.get(JVM_WATCH, None)
+    if watch is not None:
+        shutil.rmtree(watch.directory, ignore_errors=True)

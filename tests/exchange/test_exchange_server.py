@@ -12,7 +12,7 @@ from btcstream.exchange import build_market, spawn_exchange
 from btcstream.errors import HistoryError
 from btcstream.exchange.history import default_history_path, load_history
 from btcstream.exchange.market import DAY_MS, ReplayMarket, SimulatedClock
-from replay_exchange import two_symbol_exchange, write_eth_history
+from helpers.replay_exchange import two_symbol_exchange, write_eth_history
 
 
 @pytest.fixture(scope="module")

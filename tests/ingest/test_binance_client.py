@@ -15,7 +15,7 @@ from btcstream.errors import AccessDenied, BadResponse, RateLimited, SourceUnava
 from btcstream.exchange import Fault
 from btcstream.ingest.sources.binance import BinanceClient
 from btcstream.ingest.sources.http import BACKOFF_CAP_S, HostCooldowns, JsonHttpClient, backoff_delay, parse_retry_after
-from replay_exchange import two_symbol_exchange
+from helpers.replay_exchange import two_symbol_exchange
 
 BOOK_KEYS = ["symbol", "bidPrice", "bidQty", "askPrice", "askQty"]
 TICKER_KEYS = ["symbol", "priceChange", "priceChangePercent", "weightedAvgPrice", "prevClosePrice", "lastPrice",

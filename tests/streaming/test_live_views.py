@@ -6,20 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from btcstream.streaming import live_views
-from btcstream.workbench import notebook
-from btcstream.errors import SettingsError
-from btcstream.settings import Settings
-from btcstream.clients.spark import spark_session
 from btcstream.storage.readers import normalise_frame
-from btcstream.streaming import parse, transforms
-from test_transforms import kafka_frame, random_ticks
+from btcstream.streaming import live_views, parse, transforms
+from helpers.ticks import kafka_frame, random_ticks
 
-
-@pytest.fixture(scope="module")
-def spark():
-    return spark_session(Settings(spark_master="local[2]", storage_root="file:///tmp/btcstream-unit"),
-                         "test_live_views", with_kafka=False)
+pytestmark = pytest.mark.spark
 
 
 @pytest.fixture(scope="module")
@@ -48,16 +39,3 @@ def test_fifteen_minute_windows_match_pandas(enriched) -> None:
         assert got["realized_volatility"] == pytest.approx(np.sqrt(np.sum(np.log(mids[1:] / mids[:-1]) ** 2)),
                                                            rel=1e-9, abs=1e-15)
     assert len(ours) == ticks.groupby(["symbol", ticks["event_time"].dt.floor("15min")]).ngroups
-
-
-def test_notebook_parameters_become_typed_values() -> None:
-    assert notebook.symbols_list(" btcusdt, ETHUSDT ,") == ["BTCUSDT", "ETHUSDT"]
-    assert notebook.symbols_list("") is None
-    assert notebook.utc_time("2025-02-14T10:00").isoformat() == "2025-02-14T10:00:00+00:00"
-    assert notebook.utc_time("2025-02-14T12:00+02:00").isoformat() == "2025-02-14T10:00:00+00:00"
-    assert notebook.utc_time("") is None
-    with pytest.raises(SettingsError):
-        notebook.utc_time("yesterday")
-    settings = notebook.settings_for("file:///tmp/x", topic="", symbols="ethusdt", poll_interval_s=5.0)
-    assert settings.storage_root == "file:///tmp/x" and settings.symbols == ("ETHUSDT",)
-    assert settings.poll_interval_s == 5.0 and settings.topic  # an empty override keeps the setting

@@ -6,58 +6,17 @@ Every formula is checked against an independent pandas/numpy computation on the 
 from __future__ import annotations
 
 import math
-import random
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from btcstream.ingest import tick
-from btcstream.settings import Settings
-from btcstream.clients.spark import spark_session
 from btcstream.streaming import parse, transforms
+from helpers.hourly import assert_hourly_equal, independent_hourly
+from helpers.ticks import TICKS_START, kafka_frame, random_ticks, to_pandas_ticks
 
-START = datetime(2025, 2, 14, 9, 0, tzinfo=timezone.utc)
-KAFKA_SCHEMA = "key binary, value binary, topic string, partition int, offset long, timestamp timestamp"
-
-
-@pytest.fixture(scope="module")
-def spark():
-    return spark_session(Settings(spark_master="local[2]", storage_root="file:///tmp/btcstream-unit"),
-                         "test_transforms", with_kafka=False)
-
-
-def random_ticks(count: int, seed: int = 7) -> list[tick.Tick]:
-    """Ticks of two symbols over three hours, in shuffled order, with a random walk of the mid."""
-    rng = random.Random(seed)
-    ticks = []
-    for symbol, base in (("BTCUSDT", 97_000.0), ("ETHUSDT", 2_700.0)):
-        mid = base
-        for _ in range(count):
-            mid *= math.exp(rng.gauss(0, 0.001))
-            spread = rng.uniform(0.0, 2.0)
-            moment = START + timedelta(seconds=rng.uniform(0, 3 * 3600))
-            ticks.append(tick.Tick(
-                symbol=symbol, event_time=tick.iso_utc(moment), timestamp=tick.iso_utc(moment + timedelta(seconds=1)),
-                bid_price=mid - spread / 2, ask_price=mid + spread / 2,
-                bid_qty=rng.uniform(0, 5), ask_qty=rng.uniform(0, 5),
-                volume_24h=rng.uniform(1e4, 2e4), high_24h=base * 1.02, low_24h=base * 0.98,
-            ))
-    rng.shuffle(ticks)
-    return ticks
-
-
-def kafka_frame(spark, values: list[bytes]):
-    now = datetime.now(timezone.utc)
-    rows = [(b"k", value, "ticks", 0, offset, now) for offset, value in enumerate(values)]
-    return spark.createDataFrame(rows, KAFKA_SCHEMA)
-
-
-def to_pandas_ticks(ticks: list[tick.Tick]) -> pd.DataFrame:
-    frame = pd.DataFrame([t.__dict__ for t in ticks])
-    frame["event_time"] = pd.to_datetime(frame["event_time"], utc=True, format="ISO8601")
-    return frame
+pytestmark = pytest.mark.spark
 
 
 def test_parse_accepts_valid_ticks_and_quarantines_each_kind_of_bad_record(spark):
@@ -132,43 +91,6 @@ def test_enrich_matches_independent_formulas(spark):
     assert set(transforms.ENRICHED_COLUMNS) <= set(got.columns)
 
 
-def independent_hourly(ticks: list[tick.Tick]) -> pd.DataFrame:
-    """Hourly metrics computed with pandas/numpy only (the reference for the Spark implementation)."""
-    frame = to_pandas_ticks(ticks)
-    frame["mid"] = (frame.bid_price + frame.ask_price) / 2
-    frame["spread"] = frame.ask_price - frame.bid_price
-    frame["spread_bps"] = frame.spread / frame.mid * 1e4
-    frame["liquidity"] = frame.bid_price * frame.bid_qty + frame.ask_price * frame.ask_qty
-    frame["window_start"] = frame.event_time.dt.floor("h")
-    rows = []
-    for (symbol, start), hour in frame.sort_values("event_time").groupby(["symbol", "window_start"]):
-        returns = np.diff(np.log(hour.mid.to_numpy()))
-        rows.append({
-            "symbol": symbol, "window_start": start, "window_end": start + pd.Timedelta(hours=1),
-            "avg_price": hour.mid.mean(), "avg_spread": hour.spread.mean(), "avg_spread_bps": hour.spread_bps.mean(),
-            "total_liquidity": hour.liquidity.sum(), "avg_liquidity": hour.liquidity.mean(),
-            "realized_volatility": math.sqrt(float(np.sum(returns ** 2))),
-            "high_price": hour.mid.max(), "low_price": hour.mid.min(), "avg_volume_24h": hour.volume_24h.mean(),
-            "tick_count": len(hour), "open_mid": hour.mid.iloc[0], "close_mid": hour.mid.iloc[-1],
-        })
-    return pd.DataFrame(rows).sort_values(["symbol", "window_start"]).reset_index(drop=True)
-
-
-def assert_hourly_equal(got: pd.DataFrame, want: pd.DataFrame) -> None:
-    """Compare Spark's hourly rows (naive UTC timestamps) with the pandas reference."""
-    got = got.sort_values(["symbol", "window_start"]).reset_index(drop=True)
-    assert list(got.columns) == list(transforms.HOURLY_COLUMNS)
-    assert len(got) == len(want)
-    assert list(got.symbol) == list(want.symbol)
-    for column in ("window_start", "window_end"):
-        assert list(pd.to_datetime(got[column]).dt.tz_localize("UTC")) == list(want[column])
-    assert list(got.tick_count) == list(want.tick_count)
-    for column in transforms.HOURLY_COLUMNS[3:]:
-        if column != "tick_count":
-            np.testing.assert_allclose(got[column].astype(float), want[column].astype(float), rtol=1e-9,
-                                       atol=1e-12, err_msg=column)
-
-
 def test_hourly_metrics_match_independent_computation(spark):
     ticks = random_ticks(300)
     parsed, _ = parse.split(kafka_frame(spark, [t.to_json() for t in ticks]))
@@ -182,7 +104,7 @@ def test_hourly_metrics_match_independent_computation(spark):
 def test_realized_volatility_of_known_path_and_single_tick(spark):
     # Mids 100 -> 110 -> 99 -> 99 in one hour, given out of order: RV = sqrt(ln(1.1)^2 + ln(0.9)^2 + 0).
     def at(minute: int, mid: float, symbol: str = "BTCUSDT") -> bytes:
-        moment = tick.iso_utc(START + timedelta(minutes=minute))
+        moment = tick.iso_utc(TICKS_START + timedelta(minutes=minute))
         return tick.Tick(symbol, moment, moment, mid, mid, 1.0, 1.0).to_json()
 
     values = [at(30, 99.0), at(0, 100.0), at(45, 99.0), at(10, 110.0), at(5, 50.0, "ETHUSDT")]

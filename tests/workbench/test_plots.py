@@ -10,7 +10,7 @@ import plotly.io as pio
 import pytest
 
 from btcstream.workbench import plots
-from test_readers import hourly_frame
+from helpers.hourly import hourly_frame
 
 
 @pytest.fixture
