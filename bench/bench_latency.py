@@ -22,6 +22,7 @@ import time
 import numpy as np
 
 from bench_streaming import bench_settings, measure_latency
+from btcstream import names
 from btcstream.clients.spark import spark_session
 from btcstream.streaming import job
 
@@ -31,22 +32,22 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--warm-up-seconds", type=float, default=10.0)
     parser.add_argument("--rate", type=float, default=20.0, help="ticks per second")
-    parser.add_argument("--queries", default=",".join(job.QUERY_NAMES))
+    parser.add_argument("--queries", default=",".join(names.QUERY_NAMES))
     parser.add_argument("--hourly-trigger", type=float, default=1.0, help="seconds (raw and quarantine: 1 s)")
     parser.add_argument("--conf", action="append", default=[], help="Spark key=value")
     args = parser.parse_args()
     settings = bench_settings("latency")
     spark = spark_session(settings, "bench-latency", extra_conf=dict(kv.split("=", 1) for kv in args.conf))
     wanted = args.queries.split(",")
-    queries = job.start_queries(spark, settings, queries=[q for q in wanted if q != job.HOURLY_QUERY],
+    queries = job.start_queries(spark, settings, queries=[q for q in wanted if q != names.HOURLY_QUERY],
                                 trigger_interval_s=1.0)
-    if job.HOURLY_QUERY in wanted:
-        queries += job.start_queries(spark, settings, queries=[job.HOURLY_QUERY], trigger_interval_s=args.hourly_trigger)
+    if names.HOURLY_QUERY in wanted:
+        queries += job.start_queries(spark, settings, queries=[names.HOURLY_QUERY], trigger_interval_s=args.hourly_trigger)
     try:
         time.sleep(10)
         measure_latency(settings, args.warm_up_seconds, args.rate)
         latencies = measure_latency(settings, args.seconds, args.rate)
-        raw = next(q for q in queries if q.name == job.RAW_QUERY)
+        raw = next(q for q in queries if q.name == names.RAW_QUERY)
         durations: dict[str, list[float]] = {}
         for progress in raw.recentProgress:
             if progress["numInputRows"]:

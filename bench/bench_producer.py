@@ -44,7 +44,7 @@ from btcstream.ingest.publisher import TickPublisher  # noqa: E402
 from btcstream.settings import Settings, load_settings  # noqa: E402
 from btcstream.ingest.sources.binance import BinanceClient  # noqa: E402
 from btcstream.ingest.sources.coingecko import CoinGeckoClient  # noqa: E402
-from replay_exchange import write_eth_history  # noqa: E402
+from helpers.replay_exchange import write_eth_history  # noqa: E402
 
 log = logging.getLogger("bench_producer")
 
@@ -63,7 +63,7 @@ def producer_throughput(settings: Settings, history: dict[str, Path]) -> tuple[P
         stop = threading.Event()
         threading.Timer(PRODUCER_RUN_S, stop.set).start()
         started = time.perf_counter()
-        stats = run_producer(run_settings, source="replay", stop_event=stop)
+        stats = run_producer(run_settings, stop_event=stop)
         return stats, time.perf_counter() - started
 
 

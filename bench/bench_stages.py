@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from bench_streaming import PARTITIONS, batch_throughput, bench_settings, fill_topic, write_results
+from btcstream import names
 from btcstream.ingest import tick
 from btcstream.clients.spark import spark_session
 from btcstream.streaming import job, parse, transforms
@@ -52,7 +53,7 @@ def variants(spark, settings) -> dict[str, Callable[[], tuple]]:
     def deduplicated():
         return transforms.enrich(job.deduplicated_ticks(parse.split(source())[0], settings.allowed_lateness))
 
-    partitions = list(job.RAW_PARTITIONS)
+    partitions = list(names.RAW_PARTITION_COLUMNS)
     return {
         "parsed": lambda: (source().select(F.from_json(F.col("value").cast("string"), tick.spark_schema()).alias("t"))
                            .select("t.*"), []),

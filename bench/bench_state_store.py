@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench_streaming import bench_settings, end_offsets, fill_topic, wait_drained, write_results
+from btcstream import names
 from btcstream.clients.spark import spark_session
 from btcstream.streaming import job
 
@@ -45,7 +46,7 @@ def main() -> int:
         attempt = settings.replace(storage_root=settings.storage_url(name))
         spark.conf.set("spark.sql.streaming.stateStore.providerClass", provider)  # fresh checkpoint: taken
         started = time.monotonic()
-        queries = job.start_queries(spark, attempt, queries=[job.RAW_QUERY], trigger_interval_s=1.0)
+        queries = job.start_queries(spark, attempt, queries=[names.RAW_QUERY], trigger_interval_s=1.0)
         try:
             return args.ticks / (wait_drained(attempt, "raw", ends, timeout=3600) - started)
         finally:

@@ -31,6 +31,7 @@ import numpy as np
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
+from btcstream import names
 from btcstream.ingest import tick
 from btcstream.clients.kafka import kafka_python_options
 from btcstream.settings import load_settings
@@ -207,7 +208,7 @@ def main() -> int:
         raw_seconds = raw_done - started
         log.info("job drained %d ticks in %.1fs (raw query alone done after %.1fs)", args.ticks, job_seconds, raw_seconds)
         progress = [q.recentProgress for q in queries]
-        late_rows = (read_progress(settings, job.RAW_QUERY) or {}).get("totals", {}).get("late_rows", 0)
+        late_rows = (read_progress(settings, names.RAW_QUERY) or {}).get("totals", {}).get("late_rows", 0)
         latencies = measure_latency(settings, args.latency_seconds, args.latency_rate)
     finally:
         job.stop_queries(queries)

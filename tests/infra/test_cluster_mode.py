@@ -117,6 +117,7 @@ def test_kafka_source_and_hdfs_sink_run_on_standalone_executors(standalone, test
 
 STREAMING_JOB = """
     import json, sys, time
+    from btcstream import names
     from btcstream.settings import load_settings
     from btcstream.clients.spark import spark_session
     from btcstream.streaming import job
@@ -134,7 +135,7 @@ STREAMING_JOB = """
     started = time.monotonic()
     try:
         # The hourly rows of closed hours appear one batch after the watermark passes their end.
-        while committed_rows(job.HOURLY_DATASET) < expected_hours and time.monotonic() - started < timeout_s:
+        while committed_rows(names.HOURLY_DATASET) < expected_hours and time.monotonic() - started < timeout_s:
             for query in queries:
                 query.processAllAvailable()
             time.sleep(1.0)
@@ -142,8 +143,8 @@ STREAMING_JOB = """
         job.stop_queries(queries)
     print(json.dumps({"master": spark.sparkContext.master, "seconds": round(time.monotonic() - started, 1),
                       "executors": spark.sparkContext._jsc.sc().getExecutorMemoryStatus().size() - 1,
-                      "raw": committed_rows(job.RAW_DATASET), "hourly": committed_rows(job.HOURLY_DATASET),
-                      "quarantine": committed_rows(job.QUARANTINE_DATASET)}))
+                      "raw": committed_rows(names.RAW_DATASET), "hourly": committed_rows(names.HOURLY_DATASET),
+                      "quarantine": committed_rows(names.QUARANTINE_DATASET)}))
     spark.stop()
 """
 CLOSED_HOURS = 3  # 10:00, 11:00, 12:00; 13:00 stays open (watermark 13:15)

@@ -19,10 +19,13 @@ import pyspark
 import pytest
 import yaml
 
-from btcstream.settings import PROJECT_ROOT, load_settings
+from btcstream import names
+from btcstream.resources import pom_dir
+from btcstream.settings import load_settings
 
-COMPOSE_FILE = PROJECT_ROOT / "docker-compose.yml"
-DOCKERFILE = PROJECT_ROOT / "docker" / "Dockerfile"
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = REPO / "docker-compose.yml"
+DOCKERFILE = REPO / "docker" / "Dockerfile"
 BTCSTREAM_SERVICES = ("spark-worker", "producer", "stream", "jupyter")
 LONG_RUNNING = ("kafka", "namenode", "datanode", "spark-master", "spark-worker", "jupyter")
 STORAGE_LAYOUT = ("raw_data", "hourly_metrics", "checkpoints", "quarantine")
@@ -50,7 +53,7 @@ def compose() -> dict:
     env = {key: value for key, value in os.environ.items()
            if not key.startswith(("BTCSTREAM_", "JUPYTER_", "COMPOSE_"))}
     done = subprocess.run([*command, "-f", str(COMPOSE_FILE), "config"], capture_output=True, text=True,
-                          env=env, cwd=PROJECT_ROOT, timeout=120)
+                          env=env, cwd=REPO, timeout=120)
     assert done.returncode == 0, f"{' '.join(command)} config rejected docker-compose.yml:\n{done.stderr}"
     return yaml.safe_load(done.stdout)
 
@@ -62,7 +65,7 @@ def raw_compose() -> dict:
 
 
 def service_settings(compose: dict, name: str):
-    """The Settings a btcstream container builds: config/btcstream.yaml, then its environment."""
+    """The Settings a btcstream container builds: the package defaults, then its environment."""
     environment = {key: str(value) for key, value in compose["services"][name]["environment"].items()
                    if value is not None}
     return load_settings(env=environment)
@@ -82,7 +85,7 @@ def published_ports(service: dict) -> list[tuple[str, int, int]]:
 
 
 def hadoop_property(file_name: str, name: str) -> str:
-    root = ElementTree.parse(PROJECT_ROOT / "config" / "hadoop" / file_name).getroot()
+    root = ElementTree.parse(REPO / "config" / "hadoop" / file_name).getroot()
     values = [p.findtext("value") for p in root.iter("property") if p.findtext("name") == name]
     assert len(values) == 1, f"{name} set {len(values)} times in {file_name}"
     return values[0].strip()
@@ -110,7 +113,7 @@ def test_spark_images_are_exactly_the_pinned_pyspark_version(compose):
     assert spark_version_of(dockerfile_image) == pyspark.__version__
     # The master and the worker's distribution come from the same image tag.
     assert dockerfile_image == compose["services"]["spark-master"]["image"]
-    pom = (PROJECT_ROOT / "config" / "maven" / "spark-kafka" / "pom.xml").read_text()
+    pom = (pom_dir() / "spark-kafka" / "pom.xml").read_text()
     assert f"<version>{pyspark.__version__}</version>" in pom
 
 
@@ -160,9 +163,7 @@ def test_storage_root_matches_the_namenode_and_the_init_layout(compose):
 
 
 def test_the_storage_layout_covers_every_dataset_the_readers_know():
-    from btcstream.storage import readers
-
-    assert {readers.RAW_DATASET, readers.HOURLY_DATASET, readers.QUARANTINE_DATASET, "checkpoints"} == set(STORAGE_LAYOUT)
+    assert {*names.DATASETS, names.CHECKPOINTS_DIR} == set(STORAGE_LAYOUT)
 
 
 def test_the_parser_really_rejects_a_broken_file(compose, tmp_path):
@@ -223,23 +224,28 @@ def test_every_cluster_config_file_is_used_by_compose(raw_compose):
     for service in raw_compose["services"].values():
         env_files = service.get("env_file", [])
         for env_file in [env_files] if isinstance(env_files, str) else env_files:
-            referenced.add((PROJECT_ROOT / env_file).resolve())
+            referenced.add((REPO / env_file).resolve())
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
             if source.startswith("./"):
-                referenced.add((PROJECT_ROOT / source).resolve())
+                referenced.add((REPO / source).resolve())
     for folder in ("hadoop", "kafka", "spark"):
-        for path in (PROJECT_ROOT / "config" / folder).iterdir():
+        for path in (REPO / "config" / folder).iterdir():
             assert path.resolve() in referenced or path.parent.resolve() in referenced, f"{path} is not used"
 
 
 def test_dockerfile_installs_the_project_and_the_connector_the_code_expects():
     text = DOCKERFILE.read_text()
-    assert "pip install --no-cache-dir -e /opt/btcstream/src" in text
-    assert "COPY config/maven/spark-kafka/pom.xml" in text
+    # A regular install (package data carries the defaults, POMs and notebooks), from the repo's files.
+    assert "pip install --no-cache-dir /tmp/btcstream-src" in text and " -e " not in text
+    assert "COPY lib/btcstream/resources/maven/spark-kafka/pom.xml /build/pom.xml" in text
     assert "/opt/btcstream/cache/jars/spark-kafka/" in text and "ENV BTCSTREAM_CACHE_DIR=/opt/btcstream/cache" in text
     # The drivers' interpreter, which PySpark also asks executors to run.
     assert "PYSPARK_PYTHON=/opt/btcstream/venv/bin/python" in text
     assert re.search(r"^FROM python:3\.11-", text, re.MULTILINE), "the image's Python must be the project's (3.11)"
-    ignored = (PROJECT_ROOT / ".dockerignore").read_text().split()
+    ignored = (REPO / ".dockerignore").read_text().split()
     assert "*" in ignored and "!lib" in ignored  # never send .venv or data into the build context
+    for line in re.findall(r"^COPY (.+)$", text, re.MULTILINE):
+        if "--from=" not in line:  # from the build context, not from another stage
+            for source in [word for word in line.split() if not word.startswith("--")][:-1]:
+                assert f"!{source.split('/')[0]}" in ignored, f"{source} is left out of the build context"

@@ -14,9 +14,10 @@ import requests
 from btcstream.errors import BadResponse, RateLimited
 from btcstream.exchange import Fault
 from btcstream.ingest.sources.binance import BinanceClient
-from btcstream.ingest.sources.coingecko import API_KEY_HEADER, CoinGeckoClient, coin_id_for_symbol
+from btcstream.ingest.sources.coingecko import API_KEY_HEADER, CoinGeckoClient
+from btcstream.symbols import coin_id_for_symbol
 from btcstream.ingest.sources.http import HostCooldowns, JsonHttpClient
-from replay_exchange import two_symbol_exchange
+from helpers.replay_exchange import two_symbol_exchange
 
 # A real answer's shape, from the CoinGecko v3 reference (market-apis.md).
 RECORDED_MARKETS = [{

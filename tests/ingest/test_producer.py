@@ -20,6 +20,7 @@ from kafka import KafkaConsumer
 from btcstream.ingest.clock import ExchangeClock
 from btcstream.errors import AccessDenied, BtcstreamError
 from btcstream.exchange import Fault
+from btcstream.exchange import replay_exchange
 from btcstream.ingest.producer import MarketPoller, ProducerStats, run_producer
 from btcstream.ingest.publisher import TickPublisher
 from btcstream.settings import Settings
@@ -27,7 +28,7 @@ from btcstream.ingest.sources.binance import BinanceClient
 from btcstream.ingest.sources.coingecko import CoinGeckoClient
 from btcstream.ingest.sources.http import HostCooldowns, JsonHttpClient
 from btcstream.ingest.tick import FIELD_NAMES, Tick
-from replay_exchange import two_symbol_exchange
+from helpers.replay_exchange import two_symbol_exchange
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 
@@ -153,7 +154,8 @@ def test_a_restricted_location_stops_the_producer_with_the_cause(exchange):
 def test_replay_without_history_for_a_symbol_is_a_clear_error():
     settings = Settings(symbols=("BTCUSDT", "SOLUSDT"), kafka_bootstrap="127.0.0.1:1")
     with pytest.raises(BtcstreamError, match="no history for SOLUSDT"):
-        run_producer(settings, source="replay", max_polls=1)
+        with replay_exchange(settings):
+            pass
 
 
 def test_kafka_down_at_start_waits_with_a_clear_log_line(exchange, caplog):
@@ -164,7 +166,7 @@ def test_kafka_down_at_start_waits_with_a_clear_log_line(exchange, caplog):
     stop = threading.Event()
     caplog.set_level(logging.WARNING, logger="btcstream")
     threading.Timer(1.0, stop.set).start()
-    stats = run_producer(settings, source="replay", stop_event=stop)
+    stats = run_producer(settings, stop_event=stop)
     assert stats.polls == 0 and stats.sent == 0 and stats.pending == 0
     assert f"Kafka at 127.0.0.1:{free_port} is not reachable" in caplog.text
     assert exchange.requests["binance /api/v3/ticker/bookTicker"] == 0  # nothing accepted while waiting
@@ -204,7 +206,7 @@ def test_n_polls_from_the_replay_exchange_give_exactly_n_records_per_symbol(test
     started = datetime.now(timezone.utc)
     with two_symbol_exchange(tmp_path, speed=600.0) as server:  # one poll per 0.1 s of wall time
         settings = server.settings_for(test_settings.replace(symbols=SYMBOLS, poll_interval_s=60.0))
-        stats = run_producer(settings, source="replay", max_polls=polls)
+        stats = run_producer(settings, max_polls=polls)
         market = server.market
     assert (stats.polls, stats.sent, stats.failed, stats.skipped_total, stats.pending) == (polls, 2 * polls, 0, 0, 0)
     records = read_topic(settings, 2 * polls)
@@ -241,8 +243,7 @@ def test_a_broker_restart_mid_run_loses_nothing_and_duplicates_nothing(test_sett
     with two_symbol_exchange(tmp_path, speed=600.0) as server:  # one poll per 0.1 s of wall time
         settings = server.settings_for(test_settings.replace(symbols=SYMBOLS, poll_interval_s=60.0))
         outcome: dict[str, ProducerStats] = {}
-        worker = threading.Thread(target=lambda: outcome.setdefault("stats", run_producer(settings, source="replay",
-                                                                                           max_polls=polls)))
+        worker = threading.Thread(target=lambda: outcome.setdefault("stats", run_producer(settings, max_polls=polls)))
         worker.start()
         time.sleep(2.5)
         restart_kafka()

@@ -2,84 +2,29 @@
 
 from __future__ import annotations
 
-import json
 import math
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from btcstream.errors import StorageReadError
 from btcstream.settings import Settings
 from btcstream.storage.readers import (
     HOURLY_COLUMNS,
+    HOURLY_TABLE_COLUMNS,
+    RAW_COLUMNS,
     TimeRange,
     committed_partition_files,
     partition_values,
     read_hourly_metrics,
     read_raw_ticks,
 )
-
-T0 = datetime(2025, 2, 14, 21, tzinfo=timezone.utc)
-
-
-def hourly_frame(hours: int = 6, symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT")) -> pd.DataFrame:
-    """Hourly rows across midnight for several symbols, with distinct values to compare."""
-    rows = []
-    for s, symbol in enumerate(symbols):
-        for h in range(hours):
-            start = T0 + timedelta(hours=h)
-            price = 97000.0 + 10 * h if s == 0 else 2700.0 + h
-            rows.append({
-                "symbol": symbol, "window_start": start, "window_end": start + timedelta(hours=1),
-                "avg_price": price, "avg_spread": 0.01 * (h + 1), "avg_spread_bps": 0.01 * (h + 1) / price * 1e4,
-                "total_liquidity": 1e6 * (h + 1), "avg_liquidity": 1e4 * (h + 1),
-                "realized_volatility": 0.001 * (h + 1) * (s + 1), "high_price": price + 50, "low_price": price - 50,
-                "avg_volume_24h": 18000.0 + h, "tick_count": 60 + h,
-            })
-    return pd.DataFrame(rows)
-
-
-def write_file_sink(dataset: Path, frame: pd.DataFrame, time_column: str, *, by_hour: bool = False,
-                    naive_timestamps: bool = True, uncommitted: pd.DataFrame | None = None) -> list[Path]:
-    """Write `frame` as a Spark file sink would: hive partitions, then a `_spark_metadata/0` log.
-
-    `uncommitted` rows go to a data file that the log does not list (a half-written batch).
-    """
-    written: list[Path] = []
-
-    def write(rows: pd.DataFrame, tag: str) -> list[Path]:
-        paths = []
-        rows = rows.copy()
-        rows["date"] = rows[time_column].dt.strftime("%Y-%m-%d")
-        rows["hour"] = rows[time_column].dt.hour
-        keys = ["date", "hour"] if by_hour else ["date"]
-        for values, part in rows.groupby(keys):
-            values = values if isinstance(values, tuple) else (values,)
-            directory = dataset.joinpath(*(f"{k}={v}" for k, v in zip(keys, values)))
-            directory.mkdir(parents=True, exist_ok=True)
-            data = part.drop(columns=["date", "hour"])
-            path = directory / f"part-{tag}-{len(paths):05d}.snappy.parquet"
-            # As Spark writes them: INT96 by default, else microseconds adjusted to UTC.
-            pq.write_table(pa.Table.from_pandas(data, preserve_index=False), path,
-                           use_deprecated_int96_timestamps=naive_timestamps, coerce_timestamps=None if naive_timestamps else "us")
-            paths.append(path)
-        return paths
-
-    written = write(frame, "committed")
-    if uncommitted is not None:
-        write(uncommitted, "halfwritten")
-    log = dataset / "_spark_metadata"
-    log.mkdir(parents=True, exist_ok=True)
-    lines = ["v1"] + [json.dumps({"path": f"file://{p}", "size": p.stat().st_size, "isDir": False,
-                                  "modificationTime": 0, "blockReplication": 1, "blockSize": 1,
-                                  "action": "add"}) for p in written]
-    (log / "0").write_text("\n".join(lines) + "\n")
-    return written
+from helpers.file_sink import write_file_sink
+from helpers.hourly import HOURLY_START as T0
+from helpers.hourly import hourly_frame
 
 
 @pytest.fixture
@@ -158,9 +103,11 @@ def test_partition_values_parses_hive_segments() -> None:
     assert partition_values("/r/raw_data/part-0.parquet", "/r/raw_data") == {}
 
 
-def test_missing_dataset_gives_empty_frame_with_columns(settings: Settings) -> None:
+def test_missing_dataset_gives_empty_frame_with_the_tables_columns(settings: Settings) -> None:
+    """An empty read has the columns of a full one (checked against Spark in tests/storage/test_table_columns.py)."""
     got = read_hourly_metrics(settings)
-    assert got.empty and list(got.columns) == list(HOURLY_COLUMNS)
+    assert got.empty and list(got.columns) == list(HOURLY_TABLE_COLUMNS)
+    assert read_raw_ticks(settings).empty and list(read_raw_ticks(settings).columns) == list(RAW_COLUMNS)
 
 
 def test_naive_or_reversed_ranges_are_refused() -> None:
@@ -175,6 +122,7 @@ def test_duckdb_refuses_hdfs() -> None:
         read_hourly_metrics(Settings(storage_root="hdfs://localhost:1/x"), engine="duckdb")
 
 
+@pytest.mark.spark
 def test_spark_engine_reads_the_same_committed_rows(settings: Settings, tmp_path: Path) -> None:
     frame = hourly_frame(hours=4)
     ghost = hourly_frame(hours=4).assign(avg_price=-1.0)

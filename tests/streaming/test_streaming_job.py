@@ -28,14 +28,15 @@ from kafka.errors import KafkaError
 
 from btcstream.ingest import tick
 from btcstream.clients.kafka import kafka_python_options
-from btcstream.settings import PROJECT_ROOT, Settings
+from btcstream.settings import Settings
 from btcstream.storage import checkpoints, compaction, manifest
 from btcstream.storage.filesystem import read_parquet, storage_filesystem, storage_path
 from btcstream.streaming import status
-from test_transforms import assert_hourly_equal, independent_hourly
+from helpers.hourly import assert_hourly_equal, independent_hourly
 
 pytestmark = pytest.mark.integration
 
+REPO = Path(__file__).resolve().parents[2]  # the stream subprocess runs from the repository
 DAY = datetime(2025, 2, 14, tzinfo=timezone.utc)
 SYMBOLS = {"BTCUSDT": 97_000.0, "ETHUSDT": 2_700.0}
 MALFORMED = [
@@ -114,7 +115,7 @@ class StreamJob:
     def start(self) -> None:
         with open(self.log_file, "ab") as log:
             self.process = subprocess.Popen([sys.executable, "-m", "btcstream", "stream"], env=self.env(),
-                                            cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True)
 
     def alive(self) -> bool:

@@ -11,10 +11,14 @@ import logging
 import os
 import re
 import sys
+from typing import TYPE_CHECKING
 
 from btcstream.errors import SparkSessionError
 from btcstream.infra import artifacts
 from btcstream.settings import Settings
+
+if TYPE_CHECKING:  # pyspark loads inside spark_session, not when this module is imported
+    from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +43,7 @@ def shuffle_partitions(master: str) -> int:
 
 
 def spark_session(settings: Settings, app_name: str = "btcstream", *, with_kafka: bool = True,
-                  extra_conf: dict[str, str] | None = None):  # -> pyspark.sql.SparkSession
+                  extra_conf: dict[str, str] | None = None) -> SparkSession:
     """Get or create the SparkSession for `settings`.
 
     `with_kafka=False` does not require the connector (pure DataFrame work needs no jars), but

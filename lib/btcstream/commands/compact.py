@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 from datetime import timedelta
 
+from btcstream.names import DATASETS
 from btcstream.settings import Settings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from btcstream.storage.compaction import DATASETS, DEFAULT_GRACE
+    from btcstream.storage.compaction import DEFAULT_GRACE
 
     parser = subparsers.add_parser("compact", help="merge small Parquet files of closed partitions "
                                                    "(readers never see duplicates or gaps)")
@@ -22,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from btcstream.storage.compaction import DATASETS, compact
+    from btcstream.storage.compaction import compact
 
     reports = compact(settings, args.datasets or DATASETS, min_files=args.min_files,
                       grace=timedelta(minutes=args.grace_minutes))

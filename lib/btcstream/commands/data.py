@@ -10,24 +10,17 @@ from __future__ import annotations
 
 import argparse
 from datetime import datetime, timezone
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from btcstream.errors import StorageReadError
+from btcstream.names import DATASETS, HOURLY_DATASET, TIME_COLUMNS
 from btcstream.settings import Settings
 from btcstream.storage.filesystem import storage_filesystem, storage_path
 from btcstream.storage.manifest import committed_files
-from btcstream.storage.readers import (
-    HOURLY_DATASET,
-    TimeRange,
-    chronological,
-    committed_partition_files,
-    read_files,
-    read_hourly_metrics,
-)
 
-DATASETS = ("raw_data", "hourly_metrics", "quarantine")
-TIME_COLUMNS = {"raw_data": "event_time", "hourly_metrics": "window_start"}
+if TYPE_CHECKING:  # pandas and the readers load on use, so `btcstream --help` stays quick
+    import pandas as pd
+
 HOURLY_SHOWN = ("symbol", "window_start", "avg_price", "avg_spread", "avg_spread_bps", "realized_volatility",
                 "high_price", "low_price", "avg_liquidity", "tick_count")
 
@@ -89,6 +82,10 @@ def run_head(args: argparse.Namespace, settings: Settings) -> int:
 
     Reads files one by one from that end until it has enough rows, so a big dataset stays cheap.
     """
+    import pandas as pd
+
+    from btcstream.storage.readers import chronological, committed_partition_files, read_files
+
     time_column = TIME_COLUMNS.get(args.dataset)
     files = chronological(committed_partition_files(settings, args.dataset), storage_path(settings, args.dataset))
     if args.latest:
@@ -99,8 +96,6 @@ def run_head(args: argparse.Namespace, settings: Settings) -> int:
         if sum(len(piece) for piece in pieces) >= args.rows:
             break
     frame = pd.concat(pieces, ignore_index=True) if pieces else pd.DataFrame()
-    if time_column is None and "ingest_time" in frame.columns:
-        time_column = "ingest_time"
     if time_column and time_column in frame.columns and len(frame):
         frame = frame.sort_values(time_column, kind="stable")
     rows = frame.tail(args.rows) if args.latest else frame.head(args.rows)
@@ -110,6 +105,8 @@ def run_head(args: argparse.Namespace, settings: Settings) -> int:
 
 def run_hourly(args: argparse.Namespace, settings: Settings) -> int:
     """Hourly metrics, one line per (symbol, hour)."""
+    from btcstream.storage.readers import TimeRange, read_hourly_metrics
+
     symbols = [s for s in args.symbols.split(",") if s.strip()] if args.symbols else None
     frame = read_hourly_metrics(settings, TimeRange(args.start, args.end), symbols, engine=args.engine)
     if frame.empty:
@@ -124,6 +121,8 @@ def run_hourly(args: argparse.Namespace, settings: Settings) -> int:
 
 def _committed_in(fs, settings: Settings, parts: list[str]) -> set[str] | None:
     """Committed files of the dataset that `parts` lies in (None outside a dataset)."""
+    from btcstream.storage.readers import committed_partition_files
+
     if not parts or parts[0] not in DATASETS:
         return None
     return set(committed_partition_files(settings, parts[0]))
@@ -141,6 +140,8 @@ def _mtime(entry: dict) -> str:
 
 
 def _show(frame: pd.DataFrame) -> str:
+    import pandas as pd
+
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 40):
         return frame.to_string(index=False)
 

@@ -1,7 +1,8 @@
 """`btcstream produce`: poll Binance and CoinGecko and send one tick per symbol per poll to Kafka.
 
 `--source replay` drives the same producer through the local exchange (`btcstream exchange`):
-the one at BTCSTREAM_BINANCE_URL when that is a loopback URL, else one started for the run.
+the one at BTCSTREAM_BINANCE_URL when that is a loopback URL, else one started for the run
+(`btcstream.exchange.replay_exchange`).
 SIGINT/SIGTERM stop it after a flush; counts are logged periodically and at exit.
 """
 
@@ -9,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import threading
+from contextlib import ExitStack
 
-from btcstream.ingest.producer import DEFAULT_REPLAY_SPEED, SOURCES, run_producer, stop_on_signals
+from btcstream.exchange import DEFAULT_REPLAY_SPEED, replay_exchange
+from btcstream.names import SOURCES
 from btcstream.settings import Settings
 
 
@@ -24,7 +27,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from btcstream.ingest.producer import run_producer, stop_on_signals  # kafka-python loads on use
+
     stop = threading.Event()
     stop_on_signals(stop)
-    stats = run_producer(settings, source=args.source, max_polls=args.max_polls, stop_event=stop, replay_speed=args.speed)
+    with ExitStack() as resources:
+        if args.source == "replay":
+            settings = resources.enter_context(replay_exchange(settings, speed=args.speed))
+        stats = run_producer(settings, max_polls=args.max_polls, stop_event=stop)
     return 0 if stats.failed == 0 and stats.pending == 0 else 1

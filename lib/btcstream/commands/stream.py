@@ -8,6 +8,7 @@ import signal
 import threading
 
 from btcstream.errors import StreamingQueryFailed
+from btcstream.names import QUERY_NAMES
 from btcstream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -16,8 +17,6 @@ HEALTH_CHECK_S = 2.0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from btcstream.streaming.job import QUERY_NAMES
-
     parser = subparsers.add_parser("stream", help="run the Spark streaming job (Kafka -> raw_data, hourly_metrics, "
                                                   "quarantine) until interrupted")
     parser.add_argument("--trigger-interval", type=float, default=None, metavar="SECONDS",
@@ -35,7 +34,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda number, frame: stop.set())
     spark = spark_session(settings, "btcstream-stream")
-    queries = job.start_queries(spark, settings, queries=args.queries or job.QUERY_NAMES,
+    queries = job.start_queries(spark, settings, queries=args.queries or QUERY_NAMES,
                                 trigger_interval_s=args.trigger_interval)
     log.info("streaming %s -> %s (trigger %ss); stop with Ctrl-C or SIGTERM", settings.topic,
              settings.storage_root, args.trigger_interval or settings.trigger_interval_s)

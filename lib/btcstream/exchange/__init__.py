@@ -3,9 +3,9 @@
 Start one in-process (`start_exchange`) or as a child process (`spawn_exchange`); both give the two
 base URLs to point the producer at (`exchange.settings_for(settings)`). Example, in a notebook:
 
-    from btcstream.exchange import start_exchange
-    with start_exchange(speed=3600) as exchange:        # an hour of history per second
-        run_producer(exchange.settings_for(settings), source="replay", max_polls=60)
+    from btcstream.exchange import replay_exchange
+    with replay_exchange(settings, speed=3600) as replay_settings:   # an hour of history per second
+        run_producer(replay_settings, max_polls=60)
 
 Not for: production data. Prices are real hourly bars with synthetic paths inside each hour.
 """
@@ -18,22 +18,26 @@ import os
 import signal
 import subprocess
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
+from urllib.parse import urlparse
 
 from btcstream.errors import BtcstreamError
 from btcstream.exchange.faults import Fault
 from btcstream.exchange.history import DEFAULT_SYMBOL, History, default_history_path, load_history
 from btcstream.exchange.market import DAY_MS, ReplayMarket, SimulatedClock
 from btcstream.exchange.server import ExchangeServer
-from btcstream.settings import Settings
+from btcstream.settings import LOCAL_HOSTS, Settings
 
 log = logging.getLogger(__name__)
 
 SPAWN_READY_TIMEOUT_S = 60.0
-__all__ = ["ExchangeServer", "ExchangeProcess", "Fault", "build_market", "start_exchange", "spawn_exchange"]
+DEFAULT_REPLAY_SPEED = 1800.0  # exchange seconds per wall second: an hour of history every 2 s
+__all__ = ["DEFAULT_REPLAY_SPEED", "ExchangeServer", "ExchangeProcess", "Fault", "build_market", "replay_exchange",
+           "start_exchange", "spawn_exchange"]
 
 
 def build_market(history: Mapping[str, Path | str] | None = None, speed: float = 1.0,
@@ -55,6 +59,30 @@ def start_exchange(history: Mapping[str, Path | str] | None = None, speed: float
                    seed: int = 0, **server_options: object) -> ExchangeServer:
     """Start the local exchange in this process on ephemeral loopback ports; call `.stop()` (or use `with`)."""
     return ExchangeServer(build_market(history, speed, start, seed), **server_options).start()  # type: ignore[arg-type]
+
+
+@contextmanager
+def replay_exchange(settings: Settings, history: Mapping[str, Path | str] | None = None,
+                    speed: float = DEFAULT_REPLAY_SPEED, start: datetime | None = None) -> Iterator[Settings]:
+    """Settings whose Binance and CoinGecko URLs serve a replay, for the duration of the `with` block.
+
+    When `settings.binance_url` is already a loopback URL (a `btcstream exchange` you started), it
+    is used as it is. Otherwise an exchange replaying `history` ({symbol: kline CSV}, default the
+    shipped BTCUSDT history) at `speed` starts in this process and stops when the block ends.
+    """
+    if urlparse(settings.binance_url).hostname in LOCAL_HOSTS:
+        yield settings
+        return
+    exchange = start_exchange(history, speed=speed, start=start)
+    try:
+        missing = [symbol for symbol in settings.symbols if symbol not in exchange.market.symbols]
+        if missing:
+            raise BtcstreamError(f"the replay exchange has no history for {', '.join(missing)} (it replays "
+                                 f"{', '.join(exchange.market.symbols)}): pass history={{symbol: csv}} or run "
+                                 "`btcstream exchange --history SYMBOL=file.csv` and point BTCSTREAM_BINANCE_URL at it")
+        yield exchange.settings_for(settings)
+    finally:
+        exchange.stop()
 
 
 @dataclass

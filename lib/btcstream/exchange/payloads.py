@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from btcstream.exchange.market import DAY_MS, ReplayMarket
-from btcstream.ingest.sources.coingecko import coin_id_for_symbol
+from btcstream.symbols import coin_id_for_symbol
 
 KLINE_INTERVAL_MS = {
     "1s": 1_000, "1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000, "30m": 1_800_000,

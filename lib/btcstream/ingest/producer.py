@@ -12,8 +12,9 @@ the last attempt; otherwise, or when it fails, its last good answer is reused wi
 `last_updated`. A symbol without a book ticker is skipped (reason counted); a missing 24 h or
 CoinGecko answer leaves those fields null (counted as incomplete). Never a made-up value.
 
-Library entry points: `run_producer(settings, source=..., max_polls=..., stop_event=...)` and,
-for replay, `btcstream.exchange.start_exchange` / `spawn_exchange`.
+Library entry point: `run_producer(settings, max_polls=..., stop_event=...)`. It reads whatever
+exchange the settings name; a replay points them at the local exchange first
+(`btcstream.exchange.replay_exchange`), so nothing here imports the rehearsal tooling.
 """
 
 from __future__ import annotations
@@ -26,26 +27,23 @@ from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
-from typing import Iterator, Mapping
-from urllib.parse import urlparse
+from typing import Iterator
 
 from btcstream.ingest.clock import ExchangeClock
-from btcstream.errors import BadResponse, BtcstreamError, RateLimited, SourceUnavailable
+from btcstream.errors import BadResponse, RateLimited, SourceUnavailable
 from btcstream.ingest.publisher import TickPublisher
-from btcstream.settings import LOCAL_HOSTS, Settings
+from btcstream.settings import Settings
+from btcstream.symbols import coin_id_for_symbol
 from btcstream.ingest.sources.binance import BinanceClient, BookTicker, Ticker24h
-from btcstream.ingest.sources.coingecko import CoinGeckoClient, CoinMarket, coin_id_for_symbol
+from btcstream.ingest.sources.coingecko import CoinGeckoClient, CoinMarket
 from btcstream.ingest.tick import Tick, iso_utc
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("live", "replay")
 CLOCK_RESYNC_S = 1.0  # local seconds between clock syncs (weight 1 each: at most 60 of 6000 a minute)
 STATS_LOG_INTERVAL_S = 30.0  # local seconds between progress lines
 SHUTDOWN_FLUSH_TIMEOUT_S = 60.0  # a broker restart takes tens of seconds
 IDLE_WAIT_CAP_S = 1.0  # longest single sleep, so a stop or a clock change is noticed quickly
-DEFAULT_REPLAY_SPEED = 60.0
 
 
 @dataclass
@@ -181,49 +179,33 @@ class MarketPoller:
         )
 
 
-def run_producer(settings: Settings, source: str = "live", max_polls: int | None = None,
-                 stop_event: threading.Event | None = None, replay_speed: float = DEFAULT_REPLAY_SPEED,
-                 replay_history: Mapping[str, Path | str] | None = None) -> ProducerStats:
-    """Poll and publish until `max_polls` polls are done or `stop_event` is set; returns the counts.
+def run_producer(settings: Settings, max_polls: int | None = None,
+                 stop_event: threading.Event | None = None) -> ProducerStats:
+    """Poll the exchange at `settings.binance_url` (and CoinGecko at `settings.coingecko_url`) and
+    publish until `max_polls` polls are done or `stop_event` is set; returns the counts.
 
-    source="live": the Binance/CoinGecko URLs of `settings`. source="replay": the local exchange at
-    `settings.binance_url` if that is a loopback URL (a `btcstream exchange` you started), else one
-    started in this process for the run (`replay_history` {symbol: kline CSV}, default the shipped
-    BTCUSDT history, at `replay_speed`). Waits for Kafka if it is down; delivers every accepted tick
-    before returning (trying for up to SHUTDOWN_FLUSH_TIMEOUT_S; `pending` counts what is left).
-    Raises AccessDenied (451/403) at once: retrying cannot fix it.
+    Live or replay makes no difference here: for a replay, point the settings at the local exchange
+    (`btcstream.exchange.replay_exchange(settings)`). Waits for Kafka if it is down; delivers every
+    accepted tick before returning (trying for up to SHUTDOWN_FLUSH_TIMEOUT_S; `pending` counts
+    what is left). Raises AccessDenied (451/403) at once: retrying cannot fix it.
 
     Example (a notebook; stop it from another cell with `stop.set()`):
 
         stop = threading.Event()
-        worker = threading.Thread(target=run_producer, args=(settings,),
-                                  kwargs={"source": "replay", "replay_speed": 3600, "stop_event": stop})
+        worker = threading.Thread(target=run_producer, args=(settings,), kwargs={"stop_event": stop})
         worker.start()
     """
-    if source not in SOURCES:
-        raise BtcstreamError(f"unknown source {source!r}; expected one of {', '.join(SOURCES)}")
     stop = stop_event or threading.Event()
     stats = ProducerStats()
     with ExitStack() as resources:
-        if source == "replay" and urlparse(settings.binance_url).hostname not in LOCAL_HOSTS:
-            from btcstream.exchange import start_exchange
-
-            exchange = start_exchange(replay_history, speed=replay_speed)
-            resources.callback(exchange.stop)
-            missing = [symbol for symbol in settings.symbols if symbol not in exchange.market.symbols]
-            if missing:
-                raise BtcstreamError(f"the replay exchange has no history for {', '.join(missing)} (it replays "
-                                     f"{', '.join(exchange.market.symbols)}): pass replay_history={{symbol: csv}} "
-                                     "or run `btcstream exchange --history SYMBOL=file.csv` and point BTCSTREAM_BINANCE_URL at it")
-            settings = exchange.settings_for(settings)
         binance = BinanceClient(settings.binance_url)
         coingecko = CoinGeckoClient(settings.coingecko_url, api_key=settings.coingecko_api_key)
         resources.callback(binance.close)
         resources.callback(coingecko.close)
         publisher = TickPublisher(settings, stop)
         resources.callback(publisher.close)
-        log.info("producing %s from %s (%s) to %s topic %s every %g s of exchange time", ",".join(settings.symbols),
-                 settings.binance_url, source, settings.kafka_bootstrap, settings.topic, settings.poll_interval_s)
+        log.info("producing %s from %s to %s topic %s every %g s of exchange time", ",".join(settings.symbols),
+                 settings.binance_url, settings.kafka_bootstrap, settings.topic, settings.poll_interval_s)
         if not publisher.connect():
             return stats
         clock = ExchangeClock(binance.server_time, sleep=stop.wait)

@@ -2,7 +2,8 @@
 
 One tick = one symbol's top of book at one moment, plus that symbol's 24 h statistics and the
 coin's CoinGecko market data. Producer and streaming job both import from here; nothing else
-spells field names. Not for: validation of prices (the streaming job quarantines bad ticks).
+spells field names (what each holds: docs/schema.md). Not for: validation of prices (the streaming
+job quarantines bad ticks).
 
 Example of the JSON on the topic (key = symbol, UTF-8):
 
@@ -36,7 +37,7 @@ class Tick:
 
     symbol: str
     event_time: str  # when the bid/ask was observed, on the exchange's clock
-    timestamp: str  # when the producer built this record, on the producer's clock (the seed's field)
+    timestamp: str  # when the producer built this record, on the producer's clock
     bid_price: float | None
     ask_price: float | None
     bid_qty: float | None
@@ -47,7 +48,10 @@ class Tick:
     low_24h: float | None = None  # Binance 24 h low
     price_change_24h: float | None = None  # Binance 24 h price change (quote currency)
     price_change_percentage_24h: float | None = None  # Binance 24 h price change in percent
-    trade_timestamp: str | None = None  # Binance 24 h window close time (last trade), UTC ISO
+    # Not a trade's time: the close time of Binance's rolling 24 h statistics window (`closeTime` of
+    # /api/v3/ticker/24hr, about when the 24 h figures were computed), UTC ISO. The name is kept
+    # because the record layout on the topic and in raw_data uses it.
+    trade_timestamp: str | None = None
     market_cap: float | None = None  # CoinGecko market cap, USD
     coingecko_total_volume: float | None = None  # CoinGecko 24 h total volume, USD
     coingecko_last_updated: str | None = None  # CoinGecko's own observation time of the two above

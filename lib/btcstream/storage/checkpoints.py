@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 
+from btcstream.names import CHECKPOINTS_DIR
 from btcstream.settings import Settings
 from btcstream.storage.filesystem import storage_filesystem, storage_path
 
@@ -19,7 +20,7 @@ _BATCH_FILE = re.compile(r"^\d+$")
 def committed_kafka_offsets(settings: Settings, checkpoint_folder: str) -> dict[int, int] | None:
     """Per partition, the next offset after the last committed batch of a Kafka-reading checkpoint."""
     fs = storage_filesystem(settings)
-    checkpoint = storage_path(settings, "checkpoints", checkpoint_folder)
+    checkpoint = storage_path(settings, CHECKPOINTS_DIR, checkpoint_folder)
     commits = _batch_ids(fs, f"{checkpoint}/commits")
     if not commits:
         return None
@@ -37,7 +38,7 @@ def batch_watermark_ms(settings: Settings, checkpoint_folder: str, batches_back:
     with the current one (`batches_back=0`).
     """
     fs = storage_filesystem(settings)
-    checkpoint = storage_path(settings, "checkpoints", checkpoint_folder)
+    checkpoint = storage_path(settings, CHECKPOINTS_DIR, checkpoint_folder)
     batches = sorted(_batch_ids(fs, f"{checkpoint}/offsets"))
     if len(batches) <= batches_back:
         return None
@@ -53,7 +54,7 @@ def late_cut_ms(settings: Settings, checkpoint_folder: str) -> int | None:
     committed) uses the one before it, the next batch after a committed one uses the newest.
     """
     fs = storage_filesystem(settings)
-    checkpoint = storage_path(settings, "checkpoints", checkpoint_folder)
+    checkpoint = storage_path(settings, CHECKPOINTS_DIR, checkpoint_folder)
     planned = sorted(_batch_ids(fs, f"{checkpoint}/offsets"))
     if not planned:
         return None

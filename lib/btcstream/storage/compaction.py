@@ -26,6 +26,16 @@ from typing import Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from btcstream.names import (
+    CHECKPOINT_FOLDERS,
+    DATASETS,
+    HOURLY_DATASET,
+    HOURLY_QUERY,
+    QUARANTINE_DATASET,
+    RAW_DATASET,
+    RAW_QUERY,
+    TIME_COLUMNS,
+)
 from btcstream.settings import Settings
 from btcstream.storage import manifest
 from btcstream.storage.filesystem import read_parquet, storage_filesystem, storage_path
@@ -34,9 +44,8 @@ from btcstream.storage.checkpoints import batch_watermark_ms, late_cut_ms
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("raw_data", "hourly_metrics", "quarantine")
-SORT_KEYS = {"raw_data": ("symbol", "event_time"), "hourly_metrics": ("symbol", "window_start"),
-             "quarantine": ("topic", "partition", "offset")}
+SORT_KEYS = {RAW_DATASET: ("symbol", TIME_COLUMNS[RAW_DATASET]), HOURLY_DATASET: ("symbol", TIME_COLUMNS[HOURLY_DATASET]),
+             QUARANTINE_DATASET: ("topic", "partition", "offset")}
 COMPACTED_PREFIX = "compacted-"
 LOCK_FILE = "_compaction.lock"  # under the storage root, while `compact` runs
 DEFAULT_GRACE = timedelta(minutes=10)
@@ -69,7 +78,7 @@ def compact(settings: Settings, datasets: Iterable[str] = DATASETS, *, min_files
     reports = []
     with exclusive_lock(storage_filesystem(settings), storage_path(settings, LOCK_FILE), "btcstream compact"):
         for dataset in datasets:
-            closed = (now - QUARANTINE_CLOSE_DELAY) if dataset == "quarantine" else stream_closed
+            closed = (now - QUARANTINE_CLOSE_DELAY) if dataset == QUARANTINE_DATASET else stream_closed
             reports.append(_compact_dataset(settings, dataset, closed, min_files, grace, now))
     return reports
 
@@ -80,8 +89,8 @@ def closed_before(settings: Settings) -> datetime | None:
     The hourly query's current watermark (it has read every raw file below it), and no later than
     the raw query's late-row cut (`checkpoints.late_cut_ms`).
     """
-    hourly_ms = batch_watermark_ms(settings, "hourly")
-    raw_late_cut_ms = late_cut_ms(settings, "raw")
+    hourly_ms = batch_watermark_ms(settings, CHECKPOINT_FOLDERS[HOURLY_QUERY])
+    raw_late_cut_ms = late_cut_ms(settings, CHECKPOINT_FOLDERS[RAW_QUERY])
     if hourly_ms is None:
         return None
     moment_ms = hourly_ms if raw_late_cut_ms is None else min(hourly_ms, raw_late_cut_ms)
@@ -110,7 +119,7 @@ def _compact_dataset(settings: Settings, dataset: str, closed_before: datetime |
             report.partitions_compacted += 1
             report.files_replaced += len(files)
             report.details.append(f"{partition}: {len(files)} files -> {added.rsplit('/', 1)[-1]}")
-    report.files_deleted = _delete_unreferenced(fs, root, closed_before if dataset != "quarantine" else None,
+    report.files_deleted = _delete_unreferenced(fs, root, closed_before if dataset != QUARANTINE_DATASET else None,
                                                 grace, now)
     return report
 

@@ -30,29 +30,29 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from btcstream.errors import StorageReadError
+from btcstream.ingest.tick import FIELD_NAMES
+from btcstream.names import (
+    DATASETS,
+    HOURLY_COLUMNS,
+    HOURLY_DATASET,
+    HOURLY_PARTITION_COLUMNS,
+    RAW_DATASET,
+    RAW_DERIVED_COLUMNS,
+    RAW_PARTITION_COLUMNS,
+    TIME_COLUMNS,
+)
 from btcstream.settings import Settings
 from btcstream.storage.filesystem import read_parquet, storage_filesystem, storage_path
 from btcstream.storage.manifest import committed_files
-from btcstream.ingest.tick import FIELD_NAMES
 
 log = logging.getLogger(__name__)
 
 Engine = Literal["auto", "pyarrow", "duckdb", "spark"]
 ENGINES: tuple[str, ...] = ("auto", "pyarrow", "duckdb", "spark")
 
-RAW_DATASET = "raw_data"
-HOURLY_DATASET = "hourly_metrics"
-QUARANTINE_DATASET = "quarantine"
-
-HOURLY_COLUMNS: tuple[str, ...] = (
-    "symbol", "window_start", "window_end", "avg_price", "avg_spread", "avg_spread_bps",
-    "total_liquidity", "avg_liquidity", "realized_volatility", "high_price", "low_price",
-    "avg_volume_24h", "tick_count",
-)
-RAW_DERIVED_COLUMNS: tuple[str, ...] = (
-    "mid_price", "spread", "spread_bps", "top_of_book_liquidity", "spread_percentage", "range_24h_percentage",
-)
-RAW_COLUMNS: tuple[str, ...] = FIELD_NAMES + RAW_DERIVED_COLUMNS
+# Every column a read of the table returns, its hive partitions included (see btcstream.names).
+RAW_COLUMNS: tuple[str, ...] = FIELD_NAMES + RAW_DERIVED_COLUMNS + RAW_PARTITION_COLUMNS
+HOURLY_TABLE_COLUMNS: tuple[str, ...] = HOURLY_COLUMNS + HOURLY_PARTITION_COLUMNS
 
 # The streaming job partitions by the UTC date (and maybe hour) of the row's time; a partition is
 # kept when its span, widened by this slack, overlaps the range, so a job that partitions hourly
@@ -91,14 +91,14 @@ class TimeRange:
 def read_hourly_metrics(settings: Settings, time_range: TimeRange = TimeRange(),
                         symbols: Sequence[str] | None = None, engine: Engine = "auto") -> pd.DataFrame:
     """Hourly metric rows whose `window_start` lies in `time_range`, for `symbols` (None: all)."""
-    return read_dataset(settings, HOURLY_DATASET, "window_start", time_range, symbols, engine,
-                        empty_columns=HOURLY_COLUMNS)
+    return read_dataset(settings, HOURLY_DATASET, TIME_COLUMNS[HOURLY_DATASET], time_range, symbols, engine,
+                        empty_columns=HOURLY_TABLE_COLUMNS)
 
 
 def read_raw_ticks(settings: Settings, time_range: TimeRange = TimeRange(),
                    symbols: Sequence[str] | None = None, engine: Engine = "auto") -> pd.DataFrame:
     """Enriched ticks whose `event_time` lies in `time_range`, for `symbols` (None: all)."""
-    return read_dataset(settings, RAW_DATASET, "event_time", time_range, symbols, engine,
+    return read_dataset(settings, RAW_DATASET, TIME_COLUMNS[RAW_DATASET], time_range, symbols, engine,
                         empty_columns=RAW_COLUMNS)
 
 
@@ -305,7 +305,7 @@ def _upper(symbols: Iterable[str]) -> list[str]:
     return [symbol.strip().upper() for symbol in symbols]
 
 
-def dataset_summary(settings: Settings, datasets: Sequence[str] = (RAW_DATASET, HOURLY_DATASET, QUARANTINE_DATASET)) -> pd.DataFrame:
+def dataset_summary(settings: Settings, datasets: Sequence[str] = DATASETS) -> pd.DataFrame:
     """Per dataset: committed files and rows (from the Parquet footers only, so it stays cheap)."""
     fs = storage_filesystem(settings)
     rows = []
@@ -320,7 +320,7 @@ def dataset_summary(settings: Settings, datasets: Sequence[str] = (RAW_DATASET, 
     return pd.DataFrame(rows, columns=["dataset", "committed_files", "rows", "url"])
 
 
-def latest_time(settings: Settings, dataset: str = RAW_DATASET, column: str = "event_time") -> pd.Timestamp | None:
+def latest_time(settings: Settings, dataset: str = RAW_DATASET, column: str = TIME_COLUMNS[RAW_DATASET]) -> pd.Timestamp | None:
     """The largest `column` of a dataset, reading only its newest partition's files (None if empty)."""
     root = storage_path(settings, dataset)
     files = chronological(committed_partition_files(settings, dataset), root)

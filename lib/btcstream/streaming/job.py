@@ -38,25 +38,28 @@ from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 
 from btcstream.clients.kafka import spark_kafka_options
+from btcstream.names import (
+    CHECKPOINT_FOLDERS,
+    CHECKPOINTS_DIR,
+    HOURLY_DATASET,
+    HOURLY_PARTITION_COLUMNS,
+    HOURLY_QUERY,
+    QUARANTINE_DATASET,
+    QUARANTINE_PARTITION_COLUMNS,
+    QUARANTINE_QUERY,
+    QUERY_NAMES,
+    RAW_DATASET,
+    RAW_PARTITION_COLUMNS,
+    RAW_QUERY,
+)
 from btcstream.settings import Settings
 from btcstream.streaming import parse, transforms
 from btcstream.streaming.progress import ProgressWriter
 
 log = logging.getLogger(__name__)
 
-RAW_DATASET = "raw_data"
-HOURLY_DATASET = "hourly_metrics"
-QUARANTINE_DATASET = "quarantine"
-
-RAW_QUERY = "btcstream_raw"
-HOURLY_QUERY = "btcstream_hourly"
-QUARANTINE_QUERY = "btcstream_quarantine"
-QUERY_NAMES = (QUARANTINE_QUERY, RAW_QUERY, HOURLY_QUERY)
-CHECKPOINTS = {RAW_QUERY: "raw", HOURLY_QUERY: "hourly", QUARANTINE_QUERY: "quarantine"}
-
 # Kafka schema of the source's rows (also used to build static test frames).
 KAFKA_SCHEMA = "key binary, value binary, topic string, partition int, offset long, timestamp timestamp"
-RAW_PARTITIONS = ("date", "hour")
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,7 @@ class StreamPaths:
             raw=settings.storage_url(RAW_DATASET),
             hourly=settings.storage_url(HOURLY_DATASET),
             quarantine=settings.storage_url(QUARANTINE_DATASET),
-            checkpoints={name: settings.storage_url("checkpoints", folder) for name, folder in CHECKPOINTS.items()},
+            checkpoints={name: settings.storage_url(CHECKPOINTS_DIR, folder) for name, folder in CHECKPOINT_FOLDERS.items()},
         )
 
 
@@ -159,16 +162,20 @@ def _writer(name: str, spark: SparkSession, settings: Settings, paths: StreamPat
         _, refused = parse.split(kafka_source(spark, settings))
         refused = (refused.observe("quarantine", F.count(F.lit(1)).alias("rows"))
                    .withColumn("date", F.to_date("kafka_timestamp")))
-        return _parquet_sink(_one_file_per_partition(refused, ["date"]), paths.quarantine, paths.checkpoints[name], ["date"])
+        partitions = list(QUARANTINE_PARTITION_COLUMNS)
+        return _parquet_sink(_one_file_per_partition(refused, partitions), paths.quarantine, paths.checkpoints[name],
+                             partitions)
     if name == RAW_QUERY:
         ticks, _ = parse.split(kafka_source(spark, settings))
         enriched = transforms.enrich(deduplicated_ticks(ticks, settings.allowed_lateness))
-        return _parquet_sink(_one_file_per_partition(enriched, list(RAW_PARTITIONS)), paths.raw, paths.checkpoints[name], list(RAW_PARTITIONS))
+        partitions = list(RAW_PARTITION_COLUMNS)
+        return _parquet_sink(_one_file_per_partition(enriched, partitions), paths.raw, paths.checkpoints[name], partitions)
     _ensure_directory(spark, paths.raw)  # the file source needs its directory to exist
     raw = spark.readStream.schema(raw_schema(spark)).parquet(paths.raw)
     hourly = transforms.hourly_metrics(raw.withWatermark("event_time", hourly_lateness(settings.allowed_lateness)))
     hourly = hourly.withColumn("date", F.to_date("window_start"))
-    return _parquet_sink(_one_file_per_partition(hourly, ["date"]), paths.hourly, paths.checkpoints[name], ["date"])
+    partitions = list(HOURLY_PARTITION_COLUMNS)
+    return _parquet_sink(_one_file_per_partition(hourly, partitions), paths.hourly, paths.checkpoints[name], partitions)
 
 
 def _one_file_per_partition(frame: DataFrame, partitions: list[str]) -> DataFrame:

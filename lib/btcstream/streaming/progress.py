@@ -18,18 +18,18 @@ from typing import Any
 
 import fsspec
 
+from btcstream.names import CHECKPOINTS_DIR, PROGRESS_DIR
 from btcstream.settings import Settings
 from btcstream.storage.filesystem import storage_filesystem, storage_path
 
 log = logging.getLogger(__name__)
 
-PROGRESS_DIR = ("checkpoints", "progress")
 HISTORY_BATCHES = 100
 
 
 def progress_path(settings: Settings, query_name: str) -> str:
     """Where the progress of `query_name` lives (a path of `storage_filesystem(settings)`)."""
-    return storage_path(settings, *PROGRESS_DIR, f"{query_name}.json")
+    return storage_path(settings, CHECKPOINTS_DIR, PROGRESS_DIR, f"{query_name}.json")
 
 
 def read_progress(settings: Settings, query_name: str) -> dict[str, Any] | None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
+from btcstream.names import CHECKPOINT_FOLDERS, CHECKPOINTS_DIR, KAFKA_QUERIES, RAW_DATASET
 from btcstream.settings import Settings
 from btcstream.storage.filesystem import storage_filesystem, storage_path
 from btcstream.storage.checkpoints import committed_kafka_offsets
@@ -23,8 +24,6 @@ from btcstream.streaming.progress import read_progress
 
 log = logging.getLogger(__name__)
 
-QUERIES = {"btcstream_quarantine": "quarantine", "btcstream_raw": "raw", "btcstream_hourly": "hourly"}
-KAFKA_QUERIES = frozenset({"btcstream_quarantine", "btcstream_raw"})
 # A query that reported nothing (progress or idle) for this long is shown as not running.
 STALE_AFTER_S = 120.0
 
@@ -53,7 +52,7 @@ def query_statuses(settings: Settings, now: datetime | None = None) -> list[Quer
     now = now or datetime.now(timezone.utc)
     end_offsets = _topic_end_offsets(settings)
     statuses = []
-    for name, folder in QUERIES.items():
+    for name, folder in CHECKPOINT_FOLDERS.items():
         document = _read_progress_retrying(settings, name)
         committed = committed_kafka_offsets(settings, folder) if name in KAFKA_QUERIES else None
         lag = None
@@ -75,8 +74,8 @@ def unread_raw_files(settings: Settings, checkpoint_folder: str) -> int:
     format as the sink's `_spark_metadata`); compaction does not touch either log.
     """
     fs = storage_filesystem(settings)
-    committed = set(sink_files(fs, storage_path(settings, "raw_data")))
-    taken = set(logged_paths(fs, storage_path(settings, "checkpoints", checkpoint_folder, "sources", "0")))
+    committed = set(sink_files(fs, storage_path(settings, RAW_DATASET)))
+    taken = set(logged_paths(fs, storage_path(settings, CHECKPOINTS_DIR, checkpoint_folder, "sources", "0")))
     return len(committed - taken)
 
 

@@ -9,15 +9,13 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from btcstream.names import HOURLY_COLUMNS, RAW_DERIVED_COLUMNS, RAW_PARTITION_COLUMNS
+
 HOUR = "1 hour"
 BASIS_POINTS = 10_000.0
 PERCENT = 100.0
 
-ENRICHED_COLUMNS = ("mid_price", "spread", "spread_bps", "top_of_book_liquidity", "spread_percentage",
-                    "range_24h_percentage", "date", "hour")
-HOURLY_COLUMNS = ("symbol", "window_start", "window_end", "avg_price", "avg_spread", "avg_spread_bps",
-                  "total_liquidity", "avg_liquidity", "realized_volatility", "high_price", "low_price",
-                  "avg_volume_24h", "tick_count", "open_mid", "close_mid")
+ENRICHED_COLUMNS = RAW_DERIVED_COLUMNS + RAW_PARTITION_COLUMNS  # what `enrich` adds to a tick
 
 
 def enrich(ticks: DataFrame) -> DataFrame:
@@ -27,8 +25,9 @@ def enrich(ticks: DataFrame) -> DataFrame:
     spread                = ask_price - bid_price
     spread_bps            = spread / mid_price * 10_000          (relative spread, basis points)
     top_of_book_liquidity = bid_price * bid_qty + ask_price * ask_qty   (quoted depth at the best levels)
-    spread_percentage     = spread / mid_price * 100             (the seed's column, kept)
-    range_24h_percentage  = (high_24h - low_24h) / mid_price * 100 (the seed's "volatility": a 24 h range ratio)
+    spread_percentage     = spread / mid_price * 100             (the relative spread in percent)
+    range_24h_percentage  = (high_24h - low_24h) / mid_price * 100 (the 24 h high-low range relative to the mid;
+                                                                   a range ratio, not a volatility)
     date, hour            = the UTC date and hour (0-23) of event_time, the raw sink's partition columns
     """
     mid = (F.col("bid_price") + F.col("ask_price")) / 2.0

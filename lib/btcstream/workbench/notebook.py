@@ -12,7 +12,7 @@ import logging
 import sys
 import time
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import pandas as pd
 
@@ -20,8 +20,14 @@ from btcstream.errors import PipelineError, SettingsError
 from btcstream.settings import Settings, load_settings
 from btcstream.storage.readers import TimeRange
 
+if TYPE_CHECKING:  # a notebook that only reads tables never loads pyspark
+    from pyspark.sql import SparkSession
+    from pyspark.sql.streaming import StreamingQuery
+
+    from btcstream.workbench.pipeline import Pipeline
+
 # Plotly's JSON: JupyterLab draws it, the tests read the data behind each figure from it, and
-# `btcstream.workbench.report` turns it into offline HTML (plotly.js inlined once per page).
+# `btcstream.workbench.report` turns it into offline HTML (pages share one plotly.min.js beside them).
 PLOTLY_RENDERERS = "plotly_mimetype"
 NOTEBOOK_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 CATCH_UP_TIMEOUT_S = 180.0  # longest wait for a live view to take in what the topic holds
@@ -75,13 +81,13 @@ def time_range(start: str = "", end: str = "") -> TimeRange:
     return TimeRange(utc_time(start), utc_time(end))
 
 
-def quiet_spark(spark: Any) -> Any:
+def quiet_spark(spark: SparkSession) -> SparkSession:
     """Keep only the JVM's errors in the notebook's output (its warnings are noise there); returns `spark`."""
     spark.sparkContext.setLogLevel("ERROR")
     return spark
 
 
-def watch(pipeline: Any, duration_s: float, every_s: float = 10.0) -> None:
+def watch(pipeline: Pipeline, duration_s: float, every_s: float = 10.0) -> None:
     """Show the pipeline's query progress as a table refreshed in place for `duration_s` seconds."""
     from IPython.display import display
 
@@ -93,7 +99,7 @@ def watch(pipeline: Any, duration_s: float, every_s: float = 10.0) -> None:
         raise
 
 
-def watch_view(query: Any, read: Callable[[], pd.DataFrame], draw: Callable[[pd.DataFrame], Any],
+def watch_view(query: StreamingQuery, read: Callable[[], pd.DataFrame], draw: Callable[[pd.DataFrame], Any],
                duration_s: float, every_s: float = 5.0, catch_up: bool = True) -> pd.DataFrame:
     """Redraw `draw(read())` in place every `every_s` while `query` runs, then stop it; returns the last frame.
 
@@ -118,7 +124,7 @@ def watch_view(query: Any, read: Callable[[], pd.DataFrame], draw: Callable[[pd.
         query.stop()
 
 
-def wait_until_idle(query: Any, timeout_s: float) -> bool:
+def wait_until_idle(query: StreamingQuery, timeout_s: float) -> bool:
     """True once a query has run a batch and sees no unprocessed data twice in a row; False on timeout."""
     deadline = time.monotonic() + timeout_s
     idle_checks = 0
@@ -145,7 +151,7 @@ def _bundle(shown: Any) -> dict:
     return bundle or {"text/plain": repr(shown)}
 
 
-def _raise_if_failed(query: Any) -> None:
+def _raise_if_failed(query: StreamingQuery) -> None:
     failure = query.exception()
     if failure is not None:
         raise PipelineError(f"streaming query {query.name} failed: {str(failure).strip().splitlines()[0]}")

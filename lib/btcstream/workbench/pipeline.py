@@ -14,17 +14,24 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from btcstream.errors import PipelineError
+from btcstream.exchange import DEFAULT_REPLAY_SPEED
+from btcstream.names import HOURLY_QUERY, SOURCES
 from btcstream.settings import Settings
+
+if TYPE_CHECKING:  # pyspark loads when the pipeline starts, not when this module is imported
+    from pyspark.sql import SparkSession
+    from pyspark.sql.streaming import StreamingQuery
+
+    from btcstream.exchange import ExchangeServer
+    from btcstream.ingest.producer import ProducerStats
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("replay", "live")
-DEFAULT_REPLAY_SPEED = 1800.0  # exchange seconds per wall second: an hour of history every 2 s
 PRODUCER_JOIN_TIMEOUT_S = 60.0
 # The JVM's log lands in a notebook's output: keep only errors there (progress is shown as tables).
 NOTEBOOK_SPARK_LOG_LEVEL = "ERROR"  # the producer flushes to Kafka before it returns
@@ -37,11 +44,11 @@ class Pipeline:
     """A running pipeline: the settings it runs with, its Spark queries and its producer thread."""
 
     settings: Settings
-    spark: Any  # pyspark.sql.SparkSession
-    queries: list  # [pyspark.sql.streaming.StreamingQuery]
+    spark: SparkSession
+    queries: list[StreamingQuery]
     source: str
     started_stack: bool = False
-    exchange: Any = None  # btcstream.exchange.ExchangeServer in replay mode
+    exchange: ExchangeServer | None = None  # the local exchange, in replay mode
     started_at: float = field(default_factory=time.monotonic)
     _stop_producer: threading.Event = field(default_factory=threading.Event)
     _producer: threading.Thread | None = None
@@ -70,7 +77,7 @@ class Pipeline:
             table[counter] = table[counter].astype("Int64")  # a query without a batch yet shows <NA>
         return table
 
-    def producer_stats(self) -> Any:
+    def producer_stats(self) -> ProducerStats | None:
         """The producer's counts once it has stopped (None while it runs)."""
         return self._producer_result.get("stats")
 
@@ -107,7 +114,7 @@ class Pipeline:
         """
         if self.stopped:
             return
-        from btcstream.streaming.job import HOURLY_QUERY, stop_queries
+        from btcstream.streaming.job import stop_queries
 
         self._stop_producer.set()
         if self._producer is not None:
@@ -169,21 +176,19 @@ def start_pipeline(settings: Settings, source: str = "replay", *, replay_speed: 
         settings = exchange.settings_for(settings)
     pipeline = Pipeline(settings=settings, spark=spark, queries=queries, source=source,
                         started_stack=started_stack, exchange=exchange)
-    pipeline._producer = threading.Thread(target=_produce, args=(pipeline, replay_speed), name="btcstream-producer",
-                                          daemon=True)
+    pipeline._producer = threading.Thread(target=_produce, args=(pipeline,), name="btcstream-producer", daemon=True)
     pipeline._producer.start()
     log.info("pipeline running: %s -> Kafka %s topic %s -> Spark -> %s", source, settings.kafka_bootstrap,
              settings.topic, settings.storage_root)
     return pipeline
 
 
-def _produce(pipeline: Pipeline, replay_speed: float) -> None:
+def _produce(pipeline: Pipeline) -> None:
     """The producer thread: runs until the pipeline's stop event; keeps its stats or its error."""
     from btcstream.ingest.producer import run_producer
 
     try:
-        pipeline._producer_result["stats"] = run_producer(
-            pipeline.settings, source=pipeline.source, stop_event=pipeline._stop_producer, replay_speed=replay_speed)
+        pipeline._producer_result["stats"] = run_producer(pipeline.settings, stop_event=pipeline._stop_producer)
     except Exception as error:  # reported by Pipeline.check() in the caller's thread
         log.exception("producer failed")
         pipeline._producer_result["error"] = error

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterable
@@ -20,8 +19,6 @@ from btcstream.ingest.sources.http import JsonHttpClient
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BASE_URL = "https://api.binance.com"
-BASE_URL_ENV = "BTCSTREAM_BINANCE_URL"
 USED_WEIGHT_HEADER = "X-MBX-USED-WEIGHT-1M"
 KLINE_INTERVALS = ("1s", "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1M")
 KLINES_MAX_LIMIT = 1000
@@ -132,8 +129,10 @@ class BinanceClient:
     """The Binance public market-data endpoints btcstream uses (no API key needed)."""
 
     def __init__(self, base_url: str | None = None, http: JsonHttpClient | None = None) -> None:
-        base_url = base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
-        self.http = http or JsonHttpClient(base_url)
+        """Talk to `base_url` (`Settings.binance_url`), or through a prepared `http` client."""
+        if http is None and not base_url:
+            raise ValueError("BinanceClient needs base_url (Settings.binance_url) or an http client")
+        self.http = http or JsonHttpClient(str(base_url))
         self.used_weight_1m: int | None = None  # from the last answer's X-MBX-USED-WEIGHT-1M
 
     def server_time(self) -> datetime:

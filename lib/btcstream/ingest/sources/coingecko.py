@@ -1,7 +1,7 @@
 """CoinGecko v3 market data: `/coins/markets` (market cap, total volume, 24 h change, high/low, last_updated).
 
 Contract: `/work/shared/reference/market-apis.md` (numbers are JSON numbers, any may be null).
-The optional demo key comes from `BTCSTREAM_COINGECKO_API_KEY` and travels only in the
+The optional demo key (`Settings.coingecko_api_key`, set by `BTCSTREAM_COINGECKO_API_KEY`) travels only in the
 `x-cg-demo-api-key` header: it is never logged and never put in a URL. Not for: rate pacing
 (the producer polls this no faster than `coingecko_min_interval_s` and reuses the last good answer).
 """
@@ -9,7 +9,6 @@ The optional demo key comes from `BTCSTREAM_COINGECKO_API_KEY` and travels only 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterable
@@ -17,31 +16,12 @@ from typing import Any, Iterable
 from btcstream.errors import BadResponse
 from btcstream.ingest.sources.fields import as_float, as_utc_from_iso
 from btcstream.ingest.sources.http import JsonHttpClient
+from btcstream.symbols import coin_id_for_symbol
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BASE_URL = "https://api.coingecko.com/api/v3"
-BASE_URL_ENV = "BTCSTREAM_COINGECKO_URL"
-API_KEY_ENV = "BTCSTREAM_COINGECKO_API_KEY"
 API_KEY_HEADER = "x-cg-demo-api-key"
 MARKETS_MAX_PER_PAGE = 250
-
-# Base asset of an exchange symbol -> CoinGecko coin id (ids are not derivable from tickers).
-COINGECKO_IDS = {
-    "BTC": "bitcoin", "ETH": "ethereum", "BNB": "binancecoin", "SOL": "solana", "XRP": "ripple",
-    "ADA": "cardano", "DOGE": "dogecoin", "DOT": "polkadot", "LTC": "litecoin", "LINK": "chainlink",
-    "AVAX": "avalanche-2", "TRX": "tron", "MATIC": "matic-network", "BCH": "bitcoin-cash",
-}
-QUOTE_ASSETS = ("FDUSD", "USDT", "USDC", "BUSD", "TUSD", "USD", "EUR", "BTC", "ETH")
-
-
-def coin_id_for_symbol(symbol: str) -> str | None:
-    """`BTCUSDT` -> `bitcoin`; None when the base asset has no known CoinGecko id."""
-    upper = symbol.upper()
-    for quote in QUOTE_ASSETS:
-        if upper.endswith(quote) and len(upper) > len(quote):
-            return COINGECKO_IDS.get(upper[: -len(quote)])
-    return None
 
 
 @dataclass(frozen=True)
@@ -82,10 +62,12 @@ class CoinGeckoClient:
 
     def __init__(self, base_url: str | None = None, api_key: str | None = None,
                  http: JsonHttpClient | None = None) -> None:
-        base_url = base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
-        api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+        """Talk to `base_url` (`Settings.coingecko_url`) with the optional demo `api_key`
+        (`Settings.coingecko_api_key`), or through a prepared `http` client."""
+        if http is None and not base_url:
+            raise ValueError("CoinGeckoClient needs base_url (Settings.coingecko_url) or an http client")
         headers = {API_KEY_HEADER: api_key} if api_key else {}
-        self.http = http or JsonHttpClient(base_url, headers=headers)
+        self.http = http or JsonHttpClient(str(base_url), headers=headers)
 
     def __repr__(self) -> str:  # the key stays out of logs and tracebacks
         return f"CoinGeckoClient({self.http.base_url!r})"
