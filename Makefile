@@ -3,7 +3,7 @@
 #   make test   set up everything, then run the whole test suite against the real local stack
 #               (PYTEST_ARGS="-k producer" narrows it)
 # Both create .venv, install the package, and resolve the JVM jars (Kafka, HDFS, Spark's Kafka
-# connector) from Maven Central into ~/.cache/btcstream on the first run; later runs are offline.
+# connector, Delta Lake) from Maven Central into ~/.cache/btcstream on the first run; later runs are offline.
 
 PYTHON ?= python3.11
 VENV ?= .venv

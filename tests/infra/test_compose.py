@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from btcstream import names
+from btcstream.infra.artifacts import SPARK_COMPONENTS
 from btcstream.resources import pom_dir
 from btcstream.settings import load_settings
 
@@ -238,8 +239,12 @@ def test_dockerfile_installs_the_project_and_the_connector_the_code_expects():
     text = DOCKERFILE.read_text()
     # A regular install (package data carries the defaults, POMs and notebooks), from the repo's files.
     assert "pip install --no-cache-dir /tmp/btcstream-src" in text and " -e " not in text
-    assert "COPY lib/btcstream/resources/maven/spark-kafka/pom.xml /build/pom.xml" in text
-    assert "/opt/btcstream/cache/jars/spark-kafka/" in text and "ENV BTCSTREAM_CACHE_DIR=/opt/btcstream/cache" in text
+    # Every jar set a SparkSession loads is resolved at build time, with the completion marker.
+    for component in SPARK_COMPONENTS:
+        assert f"COPY lib/btcstream/resources/maven/{component}/pom.xml /build/{component}/pom.xml" in text
+    assert f"for component in {' '.join(SPARK_COMPONENTS)}; do" in text and ".complete" in text
+    assert "COPY --from=connector /jars /opt/btcstream/cache/jars/" in text
+    assert "ENV BTCSTREAM_CACHE_DIR=/opt/btcstream/cache" in text
     # The drivers' interpreter, which PySpark also asks executors to run.
     assert "PYSPARK_PYTHON=/opt/btcstream/venv/bin/python" in text
     assert re.search(r"^FROM python:3\.11-", text, re.MULTILINE), "the image's Python must be the project's (3.11)"

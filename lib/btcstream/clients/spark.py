@@ -1,8 +1,9 @@
-"""The one place a SparkSession is built: connector on the classpath, UTC, quiet logs.
+"""The one place a SparkSession is built: Kafka connector and Delta Lake on the classpath, UTC, quiet logs.
 
 Every component (streaming job, readers, notebooks, tests) calls `spark_session(settings)`.
-The Kafka connector comes from the local jar cache (`btcstream.infra.artifacts`), so once the
-jars are resolved no network is needed.
+The Kafka connector and Delta Lake (`io.delta:delta-spark_2.13`, matching the pinned `delta-spark`
+Python package) come from the local jar cache (`btcstream.infra.artifacts`), so once the jars
+are resolved no network is needed.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ if TYPE_CHECKING:  # pyspark loads inside spark_session, not when this module is
 log = logging.getLogger(__name__)
 
 SPARK_LOG_LEVEL = "WARN"
+DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
+DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
 
 
 def shuffle_partitions(master: str) -> int:
@@ -46,8 +49,8 @@ def spark_session(settings: Settings, app_name: str = "btcstream", *, with_kafka
                   extra_conf: dict[str, str] | None = None) -> SparkSession:
     """Get or create the SparkSession for `settings`.
 
-    `with_kafka=False` does not require the connector (pure DataFrame work needs no jars), but
-    still puts it on the classpath when it is already resolved: configuration only takes effect
+    `with_kafka=False` does not require the connector and Delta (pure DataFrame work needs no
+    jars), but still puts them on the classpath when they are already resolved: configuration only takes effect
     on the first call in a process (a running SparkContext keeps its classpath), and a later
     caller in the same process may need Kafka. A running session without the connector asked for
     Kafka raises a clear error instead of failing later with "Failed to find data source: kafka".
@@ -80,8 +83,11 @@ def spark_session(settings: Settings, app_name: str = "btcstream", *, with_kafka
         .config("spark.hadoop.dfs.replication", "1")
         .config("spark.hadoop.dfs.client.block.write.replace-datanode-on-failure.policy", "NEVER")
     )
-    if with_kafka or artifacts.is_resolved(settings, "spark-kafka"):
-        builder = builder.config("spark.jars", ",".join(str(j) for j in artifacts.connector_jars(settings)))
+    if with_kafka or all(artifacts.is_resolved(settings, c) for c in artifacts.SPARK_COMPONENTS):
+        builder = (builder.config("spark.jars", ",".join(str(j) for j in artifacts.spark_jars(settings)))
+                   # Delta Lake tables: its SQL (MERGE, OPTIMIZE, VACUUM, time travel) and its catalog.
+                   .config("spark.sql.extensions", DELTA_EXTENSION)
+                   .config("spark.sql.catalog.spark_catalog", DELTA_CATALOG))
     for key, value in (extra_conf or {}).items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()

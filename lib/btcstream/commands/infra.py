@@ -12,7 +12,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("infra", help="start, stop or inspect the local Kafka and HDFS")
     parser.add_argument("action", choices=["up", "down", "status", "resolve"],
                         help="up: start and wait until healthy; down: stop cleanly; status: show each service; "
-                             "resolve: only fetch the jars (Kafka, HDFS, Spark's Kafka connector)")
+                             "resolve: only fetch the jars (Kafka, HDFS, Spark's Kafka connector, Delta Lake)")
     parser.set_defaults(func=run)
 
 

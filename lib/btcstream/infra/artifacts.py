@@ -1,7 +1,7 @@
-"""Resolve the JVM artifacts btcstream runs (Kafka broker, HDFS, Spark's Kafka connector) once.
+"""Resolve the JVM artifacts btcstream runs (Kafka broker, HDFS, Spark's Kafka connector, Delta Lake) once.
 
 Each component has its own tiny POM, package data under `btcstream/resources/maven/<component>/`, so
-the three dependency sets never force one version of a shared library (jackson, slf4j) on each
+the dependency sets never force one version of a shared library (jackson, slf4j) on each
 other. Maven copies the runtime jars into `<cache_dir>/jars/<component>/`; after that everything
 works offline.
 """
@@ -22,7 +22,8 @@ from btcstream.settings import Settings
 log = logging.getLogger(__name__)
 
 POM_DIR = pom_dir()
-COMPONENTS = ("kafka", "hdfs", "spark-kafka")
+COMPONENTS = ("kafka", "hdfs", "spark-kafka", "delta")
+SPARK_COMPONENTS = ("spark-kafka", "delta")  # jars a SparkSession loads (`spark_jars`)
 _COMPLETE_MARKER = ".complete"
 _VERSIONED_JAR = re.compile(r"^(?P<name>.+?)-\d[\w.+-]*\.jar$")
 
@@ -85,17 +86,23 @@ def classpath(settings: Settings, component: str) -> str:
     return ":".join(str(jar) for jar in sorted(resolve(settings, component).glob("*.jar")))
 
 
-def connector_jars(settings: Settings) -> list[Path]:
-    """Spark's Kafka connector and the jars it needs that pyspark does not already bundle.
+def spark_jars(settings: Settings, components: tuple[str, ...] = SPARK_COMPONENTS) -> list[Path]:
+    """The jars of Spark's Kafka connector and of Delta Lake that pyspark does not already bundle.
 
-    Jars pyspark ships (scala-library, lz4, snappy, slf4j, hadoop-client) are left out so the
-    connector never shadows Spark's own newer copies.
+    Jars pyspark ships (scala-library, lz4, snappy, slf4j, hadoop-client, jackson, parquet) are
+    left out so a component never shadows Spark's own copies; a jar two components share is
+    listed once.
     """
     import pyspark
 
     bundled = {_artifact_name(j.name) for j in (Path(pyspark.__file__).parent / "jars").glob("*.jar")}
-    jars = sorted(resolve(settings, "spark-kafka").glob("*.jar"))
-    return [jar for jar in jars if _artifact_name(jar.name) not in bundled]
+    chosen: dict[str, Path] = {}
+    for component in components:
+        for jar in sorted(resolve(settings, component).glob("*.jar")):
+            name = _artifact_name(jar.name)
+            if name not in bundled:
+                chosen.setdefault(name, jar)
+    return sorted(chosen.values())
 
 
 def _artifact_name(file_name: str) -> str:
