@@ -2,7 +2,8 @@
 
 Each command module exposes `register(subparsers)`, which adds its parser and sets `func`
 (a callable taking the parsed args and the Settings and returning an exit code).
-Any `BtcstreamError` becomes one clear line on stderr and exit code 2.
+Any `BtcstreamError` becomes one clear line on stderr and exit code 2; any other failure one line
+naming its type and message, exit code 1 (`-v` logs the traceback too).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from btcstream.errors import BtcstreamError
 from btcstream.settings import load_settings
 
 # Add a command by writing btcstream/commands/<name>.py with register() and listing it here.
-COMMAND_MODULES = ("infra", "demo", "data", "exchange", "produce", "report", "stream", "status", "compact")
+COMMAND_MODULES = ("infra", "demo", "data", "exchange", "produce", "report", "stream", "status", "compact", "lab")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,3 +45,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as error:  # a failure we did not classify: still one line, the traceback with -v
+        logging.getLogger(__name__).debug("traceback of the failure below", exc_info=True)
+        print(f"btcstream: error: {one_line(error)}" + ("" if args.verbose else " (run with -v for the traceback)"),
+              file=sys.stderr)
+        return 1
+
+
+def one_line(error: BaseException) -> str:
+    """`ExceptionType: first line of its message`, the way the CLI reports an unexpected failure."""
+    message = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {message[0]}" if message else type(error).__name__
