@@ -49,6 +49,8 @@ HOURLY_COLUMNS: tuple[str, ...] = (
     "total_liquidity", "avg_liquidity", "realized_volatility", "high_price", "low_price",
     "avg_volume_24h", "tick_count", "open_mid", "close_mid",
 )
+# The Delta hourly table's row lifecycle (btcstream.streaming.hourly_upserts): live, then final, then revised.
+HOURLY_LIFECYCLE_COLUMNS: tuple[str, ...] = ("is_final", "revision", "updated_at")
 
 # Where the market data comes from: the real exchanges, or the local exchange replaying history.
 SOURCES: tuple[str, ...] = ("live", "replay")

@@ -1,0 +1,127 @@
+"""Live hourly rows on Delta: the hours a micro-batch touched, recomputed from raw_data and upserted.
+
+`hourly_metrics` holds one row per (symbol, window_start) with every metric of
+`transforms.hourly_metrics` plus:
+
+- `is_final`: the hour's end plus `allowed_lateness` lies behind the stream's event-time clock
+  (the newest event_time stored: `event_clock`). Before that the row is live (provisional) and
+  follows the ticks as they arrive.
+- `revision`: 1 for a row as first finalised; each later change of a final row (a tick that
+  arrived after the hour was final) adds 1. Changes while the hour is live do not count.
+- `updated_at`: when the row was last written (processing time, UTC).
+
+Each call recomputes the touched hours from raw_data (the deduplicated ticks), so a row always
+equals a recomputation from raw_data whatever the batch boundaries or arrival order, and a
+replayed batch rewrites identical values. One MERGE on (symbol, window_start) then inserts new
+hours, updates hours whose tick count changed (a new tick is the only way an hour's values
+change: raw_data stores each (symbol, event_time) once) and, through "not matched by source",
+finalises live hours that the event clock has passed without new ticks.
+
+Not wired into `btcstream stream` yet (the job still writes file sinks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from btcstream.names import HOURLY_COLUMNS, HOURLY_LIFECYCLE_COLUMNS, HOURLY_PARTITION_COLUMNS, RAW_PARTITION_COLUMNS
+from btcstream.streaming import transforms
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+HOUR_KEY = ("symbol", "window_start")
+METRIC_COLUMNS = tuple(name for name in HOURLY_COLUMNS if name not in HOUR_KEY)
+
+
+@dataclass(frozen=True)
+class HourlyCounts:
+    """What one upsert did to hourly_metrics."""
+
+    hours: int  # touched (symbol, hour) keys recomputed
+    opened: int  # rows inserted
+    updated: int  # rows whose values changed
+    revised: int  # of those, rows that were already final (revision + 1)
+    finalised: int  # live rows that became final
+
+
+def upsert_hours(spark: SparkSession, raw_url: str, hourly_url: str, touched: DataFrame, event_clock: datetime,
+                 allowed_lateness: timedelta) -> HourlyCounts:
+    """Recompute the (symbol, window_start) hours in `touched` from raw_data and MERGE them into hourly_metrics."""
+    from pyspark.sql import functions as F
+
+    keys = touched.select(*HOUR_KEY).distinct().cache()
+    try:
+        partitions = [tuple(row) for row in keys.select(F.to_date("window_start").alias("date"),
+                                                         F.hour("window_start").alias("hour")).distinct().collect()]
+        if not partitions:
+            return HourlyCounts(0, 0, 0, 0, 0)
+        raw = (spark.read.format("delta").load(raw_url).where(_in_partitions(partitions))
+               .withColumn("window_start", F.date_trunc("hour", "event_time")))
+        in_touched_hours = raw.join(keys, list(HOUR_KEY), "left_semi").drop("window_start")
+        final_before = F.lit(event_clock) - F.expr(f"INTERVAL {int(allowed_lateness.total_seconds())} SECONDS")
+        now = F.current_timestamp()
+        hours = (transforms.hourly_metrics(in_touched_hours)
+                 .withColumn("is_final", F.col("window_end") <= final_before)
+                 .withColumn("revision", F.lit(1))
+                 .withColumn("updated_at", now)
+                 .withColumn("date", F.to_date("window_start"))
+                 .select(*HOURLY_COLUMNS, *HOURLY_LIFECYCLE_COLUMNS, *HOURLY_PARTITION_COLUMNS)).cache()
+        count = hours.count()
+        table = _hourly_table(spark, hourly_url, hours)
+        revised = _revised(spark, hourly_url, hours)
+        changed = "s.tick_count <> t.tick_count"
+        (table.alias("t").merge(hours.alias("s"), " AND ".join(f"t.{k} = s.{k}" for k in HOUR_KEY))
+         .whenMatchedUpdate(condition=f"{changed} OR (s.is_final AND NOT t.is_final)", set={
+             **{name: f"s.{name}" for name in METRIC_COLUMNS},
+             "is_final": "s.is_final OR t.is_final",
+             "revision": f"t.revision + CASE WHEN t.is_final AND {changed} THEN 1 ELSE 0 END",
+             "updated_at": "s.updated_at"})
+         .whenNotMatchedInsertAll()
+         .whenNotMatchedBySourceUpdate(condition=(F.col("t.window_end") <= final_before) & ~F.col("t.is_final"),
+                                       set={"is_final": F.lit(True), "updated_at": now})
+         .execute())
+        metrics = table.history(1).select("operationMetrics").collect()[0][0] or {}
+        hours.unpersist()
+    finally:
+        keys.unpersist()
+    return HourlyCounts(hours=count, opened=int(metrics.get("numTargetRowsInserted", 0)),
+                        updated=int(metrics.get("numTargetRowsMatchedUpdated", 0)), revised=revised,
+                        finalised=int(metrics.get("numTargetRowsNotMatchedBySourceUpdated", 0)))
+
+
+def touched_hours(ticks: DataFrame) -> DataFrame:
+    """The (symbol, window_start) keys of the hours `ticks` fall in."""
+    from pyspark.sql import functions as F
+
+    return ticks.select("symbol", F.date_trunc("hour", "event_time").alias("window_start")).distinct()
+
+
+def _in_partitions(partitions: list[tuple]):
+    """A raw_data filter on its (date, hour) partition columns (file pruning)."""
+    from pyspark.sql import functions as F
+
+    date_column, hour_column = RAW_PARTITION_COLUMNS
+    condition = None
+    for date, hour in partitions:
+        one = (F.col(date_column) == F.lit(date)) & (F.col(hour_column) == F.lit(hour))
+        condition = one if condition is None else condition | one
+    return condition
+
+
+def _hourly_table(spark: SparkSession, url: str, like: DataFrame):
+    """The hourly_metrics Delta table at `url`, created empty (partitioned by date) on first use."""
+    from delta.tables import DeltaTable
+
+    if not DeltaTable.isDeltaTable(spark, url):
+        like.limit(0).write.format("delta").mode("ignore").partitionBy(*HOURLY_PARTITION_COLUMNS).save(url)
+    return DeltaTable.forPath(spark, url)
+
+
+def _revised(spark: SparkSession, url: str, hours: DataFrame) -> int:
+    """How many of `hours` change a row that is already final (late ticks after finality)."""
+    stored = spark.read.format("delta").load(url).where("is_final").select(*HOUR_KEY, "tick_count")
+    return (hours.alias("s").join(stored.alias("t"), list(HOUR_KEY))
+            .where("s.tick_count <> t.tick_count").count())
