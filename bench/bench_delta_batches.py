@@ -6,8 +6,9 @@ of the time range (each half in its own order), and the second half runs hours a
 
 1. Spark batch `from_json -> Parquet` over the same records: the reference (ticks/s).
 2. `DeltaBatchWriter` (issue "Streaming core on Delta Lake"): one query, each record parsed once,
-   quarantine appended and raw_data MERGEd insert-only on (symbol, event_time) per micro-batch,
-   `trigger(availableNow=True)` until the topic is drained.
+   quarantine appended and raw_data deduplicated on (symbol, event_time) against what is stored,
+   per micro-batch, `trigger(availableNow=True)` until the topic is drained; once per raw strategy
+   (anti join + idempotent append, insert-only MERGE), each into its own tables.
 3. Today's job (`btcstream.streaming.job`): the quarantine and raw queries, each reading the whole
    topic, raw deduplicated within a global event-time watermark.
 
@@ -44,11 +45,12 @@ from btcstream.clients.kafka import spark_kafka_options  # noqa: E402
 from btcstream.clients.spark import spark_session  # noqa: E402
 from btcstream.ingest import tick  # noqa: E402
 from btcstream.streaming import job  # noqa: E402
-from btcstream.streaming.delta_batches import DeltaBatchWriter  # noqa: E402
+from btcstream.streaming.delta_batches import RAW_STRATEGIES, DeltaBatchWriter  # noqa: E402
 from btcstream.streaming.progress import read_progress  # noqa: E402
 
 log = logging.getLogger("bench_delta_batches")
 RESULTS = Path(__file__).parent / "results" / "delta_batches.md"
+STRATEGY_TEXT = {"anti_join": "anti join on stored partitions + idempotent append", "merge": "insert-only MERGE"}
 
 
 def fill_interleaved(spark, settings, count: int) -> None:
@@ -75,11 +77,11 @@ def fill_interleaved(spark, settings, count: int) -> None:
      .option("topic", settings.topic).save())
 
 
-def delta_writer_throughput(spark, settings, count: int) -> tuple[float, int, int]:
+def delta_writer_throughput(spark, settings, strategy: str) -> tuple[float, int, int]:
     """(seconds to drain the topic, raw rows stored, distinct keys stored) with the Delta batch writer."""
-    writer = DeltaBatchWriter(raw_url=settings.storage_url("delta", names.RAW_DATASET),
-                              quarantine_url=settings.storage_url("delta", names.QUARANTINE_DATASET),
-                              app_id=f"bench-{settings.topic}")
+    writer = DeltaBatchWriter(raw_url=settings.storage_url(f"delta-{strategy}", names.RAW_DATASET),
+                              quarantine_url=settings.storage_url(f"delta-{strategy}", names.QUARANTINE_DATASET),
+                              app_id=f"bench-{settings.topic}-{strategy}", raw_strategy=strategy)
     source = (spark.readStream.format("kafka").option("kafka.bootstrap.servers", settings.kafka_bootstrap)
               .options(**{k: str(v) for k, v in spark_kafka_options(settings).items()})
               .option("subscribe", settings.topic).option("startingOffsets", "earliest")
@@ -94,11 +96,11 @@ def delta_writer_throughput(spark, settings, count: int) -> tuple[float, int, in
         log.info("delta batch %d: %s", batch_id, counts)
 
     query = (source.writeStream.foreachBatch(write).trigger(availableNow=True)
-             .option("checkpointLocation", settings.storage_url("delta", "checkpoints", "ingest")).start())
+             .option("checkpointLocation", settings.storage_url(f"delta-{strategy}", "checkpoints", "ingest")).start())
     query.awaitTermination()
     seconds = time.monotonic() - started
     raw = spark.read.format("delta").load(writer.raw_url)
-    log.info("delta batches (records, seconds): %s", batches)
+    log.info("delta batches, %s (records, seconds): %s", strategy, batches)
     return seconds, raw.count(), raw.select("symbol", "event_time").distinct().count()
 
 
@@ -133,12 +135,19 @@ def main() -> int:
              time.monotonic() - started)
     batch_rate = batch_throughput(spark, settings, args.ticks)
     log.info("batch reference: %.0f ticks/s", batch_rate)
-    delta_seconds, delta_rows, delta_keys = delta_writer_throughput(spark, settings, args.ticks)
-    log.info("delta writer: %.1fs, %d rows, %d keys", delta_seconds, delta_rows, delta_keys)
+    delta = {}
+    for strategy in RAW_STRATEGIES:
+        delta[strategy] = delta_writer_throughput(spark, settings, strategy)
+        log.info("delta writer (%s): %.1fs, %d rows, %d keys", strategy, *delta[strategy])
     job_seconds, job_rows, job_late = file_sink_job(spark, settings, args.ticks)
     log.info("file-sink job: %.1fs, %d rows, %d late", job_seconds, job_rows, job_late)
 
-    delta_rate, job_rate = args.ticks / delta_seconds, args.ticks / job_seconds
+    job_rate = args.ticks / job_seconds
+    delta_lines = "\n".join(
+        f"| `DeltaBatchWriter(raw_strategy=\"{strategy}\")`: one read, quarantine append + raw {STRATEGY_TEXT[strategy]} "
+        f"| {seconds:.1f} | {args.ticks / seconds:,.0f} | {args.ticks / seconds / batch_rate:.2f} "
+        f"| {rows:,} ({keys:,} distinct) | {args.ticks - keys:,} |"
+        for strategy, (seconds, rows, keys) in delta.items())
     write_results(RESULTS, f"""# One Kafka read into Delta, out of event-time order
 
 Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on this machine (2 shared cores), `local[2]`, Kafka and
@@ -149,7 +158,7 @@ maxOffsetsPerTrigger {settings.max_offsets_per_trigger:,}.
 | what | seconds | ticks/s | / batch | raw_data rows | lost |
 |---|---|---|---|---|---|
 | Spark batch `from_json -> Parquet` (reference) | {args.ticks / batch_rate:.1f} | {batch_rate:,.0f} | 1.00 | - | - |
-| `DeltaBatchWriter`: one read, quarantine append + raw insert-only MERGE | {delta_seconds:.1f} | {delta_rate:,.0f} | {delta_rate / batch_rate:.2f} | {delta_rows:,} ({delta_keys:,} distinct) | {args.ticks - delta_keys:,} |
+{delta_lines}
 | today's job: quarantine + raw queries (file sinks, watermark dedup) | {job_seconds:.1f} | {job_rate:,.0f} | {job_rate / batch_rate:.2f} | {job_rows:,} | {args.ticks - job_rows:,} ({job_late:,} counted late) |
 """)
     log.info("results written to %s", RESULTS)

@@ -9,7 +9,7 @@ import pytest
 
 from btcstream.clients.spark import DELTA_EXTENSION
 from btcstream.ingest.tick import Tick
-from btcstream.streaming.delta_batches import DeltaBatchWriter
+from btcstream.streaming.delta_batches import RAW_STRATEGIES, DeltaBatchWriter
 from helpers.ticks import kafka_frame, random_ticks
 
 pytestmark = pytest.mark.spark
@@ -25,13 +25,15 @@ def stored(spark, url: str):
     return spark.read.format("delta").load(url)
 
 
-def test_batches_store_every_tick_once_in_any_order_and_replays_write_nothing(spark, tmp_path: Path) -> None:
+@pytest.mark.parametrize("strategy", RAW_STRATEGIES)
+def test_batches_store_every_tick_once_in_any_order_and_replays_write_nothing(spark, tmp_path: Path,
+                                                                              strategy: str) -> None:
     assert DELTA_EXTENSION in spark.conf.get("spark.sql.extensions", ""), \
         "Delta Lake is not on the classpath: run `btcstream infra resolve`"
     ticks = sorted(random_ticks(300), key=lambda t: t.event_time)  # 600 ticks over three hours
     late, early = ticks[:200], ticks[200:]  # the early-hour ticks arrive last: hours out of order
     writer = DeltaBatchWriter(raw_url=f"file://{tmp_path}/raw_data", quarantine_url=f"file://{tmp_path}/quarantine",
-                              app_id="test-writer")
+                              app_id="test-writer", raw_strategy=strategy)
 
     first = writer(kafka_frame(spark, values(early) + BAD_RECORDS), 0)
     assert (first.records, first.quarantined, first.valid, first.inserted) == (403, 3, 400, 400)

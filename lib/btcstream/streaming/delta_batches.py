@@ -7,13 +7,13 @@ and writes both tables in the same batch:
 - quarantine: the refused records, appended with Delta's idempotent-write options
   (`txnAppId` = the writer's id, `txnVersion` = the batch id), so a batch replayed after a crash
   appends nothing twice;
-- raw_data: the valid ticks, deduplicated on (symbol, event_time) inside the batch, then an
-  insert-only MERGE into the table on the same key, limited to the (date, hour) partitions the
-  batch touches. No event-time watermark is involved, so a tick is never dropped for arriving
-  late: out-of-order writers and catch-ups keep every tick, exactly once. The MERGE carries the
-  same idempotency marks (Delta's `spark.databricks.delta.write.txnAppId/txnVersion` session
-  confs, set for this statement only); without them it would still insert nothing on a replay,
-  since every key is already there.
+- raw_data: the valid ticks, deduplicated on (symbol, event_time) inside the batch, then only
+  the keys not stored yet are added, looking only at the (date, hour) partitions the batch
+  touches: by default a left anti join against those partitions and an idempotent append
+  (`raw_strategy="anti_join"`), or an insert-only MERGE carrying the same marks as Delta's
+  `spark.databricks.delta.write.txnAppId/txnVersion` session confs (`"merge"`). No event-time
+  watermark is involved, so a tick is never dropped for arriving late: out-of-order writers and
+  catch-ups keep every tick, exactly once.
 
 Not wired into `btcstream stream` yet (the job still writes file sinks); `bench/` measures it.
 """
@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from btcstream.ingest.tick import FIELD_NAMES
 from btcstream.names import QUARANTINE_PARTITION_COLUMNS, RAW_PARTITION_COLUMNS
 from btcstream.streaming import parse, transforms
 
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 TXN_APP_ID_CONF = "spark.databricks.delta.write.txnAppId"
 TXN_VERSION_CONF = "spark.databricks.delta.write.txnVersion"
 DEDUP_KEY = ("symbol", "event_time")
+RAW_STRATEGIES = ("anti_join", "merge")
 
 
 @dataclass(frozen=True)
@@ -61,50 +63,126 @@ class DeltaBatchWriter:
     raw_url: str
     quarantine_url: str
     app_id: str
+    raw_strategy: str = "anti_join"  # or "merge" (see RAW_STRATEGIES; bench/bench_delta_batches.py compares them)
 
     def __call__(self, kafka_rows: DataFrame, batch_id: int) -> BatchCounts:
-        """The `foreachBatch` function: classify once, write both tables, return the counts."""
-        classified = parse.classify(kafka_rows).persist()
-        try:
-            refused = parse.quarantined(classified)
-            enriched = transforms.enrich(parse.valid_ticks(classified))
-            records = classified.count()
-            quarantined = self._append_quarantine(refused, batch_id)
-            valid, inserted = self._merge_raw(enriched, batch_id)
-        finally:
-            classified.unpersist()
-        return BatchCounts(batch_id, records, quarantined, valid, inserted)
+        """The `foreachBatch` function: classify once, write both tables, return the counts.
 
-    def _append_quarantine(self, refused: DataFrame, batch_id: int) -> int:
+        What stays in memory for the batch is one row per record with the typed tick fields and
+        the refusal reason; the record's text is kept only for refused records (the quarantine's
+        `value`), so a batch of valid ticks does not hold its JSON twice.
+        """
         from pyspark.sql import functions as F
 
-        rows = refused.withColumn("date", F.to_date("kafka_timestamp")).cache()
+        if self.raw_strategy not in RAW_STRATEGIES:
+            raise ValueError(f"raw_strategy {self.raw_strategy!r}: expected one of {', '.join(RAW_STRATEGIES)}")
+        refused_only = F.when(F.col("reason").isNotNull(), F.col("value")).alias("value")
+        rows = (parse.classify(kafka_rows)
+                .select(*parse.tick_columns(), "reason", refused_only, "topic", "partition", "offset",
+                        "kafka_timestamp")
+                .persist())
         try:
-            count = rows.count()
-            if count:
-                (rows.write.format("delta").mode("append").partitionBy(*QUARANTINE_PARTITION_COLUMNS)
-                 .option("txnAppId", self.app_id).option("txnVersion", batch_id).save(self.quarantine_url))
-            return count
+            totals = rows.agg(F.count(F.lit(1)).alias("records"),
+                              F.count_if(F.col("reason").isNull()).alias("valid")).collect()[0]
+            records, valid = int(totals["records"]), int(totals["valid"])
+            quarantined = records - valid
+            if quarantined:
+                self._append_quarantine(parse.quarantined(rows), batch_id)
+            enriched = transforms.enrich(rows.where(F.col("reason").isNull()).select(*FIELD_NAMES))
+            write_raw = self._merge_raw if self.raw_strategy == "merge" else self._append_new_raw
+            inserted = write_raw(enriched, batch_id) if valid else 0
         finally:
             rows.unpersist()
+        return BatchCounts(batch_id, records, quarantined, valid, inserted)
 
-    def _merge_raw(self, enriched: DataFrame, batch_id: int) -> tuple[int, int]:
-        """(valid ticks in the batch, keys inserted): insert-only MERGE on (symbol, event_time)."""
+    def _append_quarantine(self, refused: DataFrame, batch_id: int) -> None:
+        from pyspark.sql import functions as F
+
+        (refused.withColumn("date", F.to_date("kafka_timestamp"))
+         .write.format("delta").mode("append").partitionBy(*QUARANTINE_PARTITION_COLUMNS)
+         .option("txnAppId", self.app_id).option("txnVersion", batch_id).save(self.quarantine_url))
+
+    def _append_new_raw(self, enriched: DataFrame, batch_id: int) -> int:
+        """Keys inserted: the batch's ticks minus those already stored, as one idempotent append.
+
+        Only the batch's (date, hour) partitions that already hold files (read from the Delta log)
+        are joined against; ticks of partitions new to the table are appended without a join. A
+        left anti join + append is what an insert-only MERGE does, minus the MERGE's second pass
+        over the source and its session-conf idempotency marks (the append carries its own).
+        Correct with one writer per table (the job) and any number of OPTIMIZE runs beside it.
+        """
+        spark = enriched.sparkSession
+        if _applied(self.raw_url, self.app_id, batch_id):
+            return 0
+        ticks = enriched.dropDuplicates(list(DEDUP_KEY))
+        touched = {(str(date), int(hour)) for date, hour in
+                   enriched.select(*RAW_PARTITION_COLUMNS).distinct().collect()}
+        stored = touched & _stored_partitions(self.raw_url)
+        if stored:
+            existing = (spark.read.format("delta").load(self.raw_url)
+                        .where(_within(sorted(stored), alias="")).select(*DEDUP_KEY))
+            ticks = ticks.join(existing, list(DEDUP_KEY), "left_anti")
+        before = _table_version(self.raw_url)
+        (ticks.write.format("delta").mode("append").partitionBy(*RAW_PARTITION_COLUMNS)
+         .option("txnAppId", self.app_id).option("txnVersion", batch_id).save(self.raw_url))
+        return _written_rows_since(self.raw_url, before)
+
+    def _merge_raw(self, enriched: DataFrame, batch_id: int) -> int:
+        """Keys inserted: insert-only MERGE on (symbol, event_time) within the batch's partitions."""
         spark = enriched.sparkSession
         ticks = enriched.dropDuplicates(list(DEDUP_KEY)).cache()
         try:
-            valid = enriched.count()
             partitions = [tuple(row) for row in ticks.select(*RAW_PARTITION_COLUMNS).distinct().collect()]
             if not partitions:
-                return valid, 0
+                return 0
             table = _raw_table(spark, self.raw_url, ticks)
             before = _version(table)
             condition = " AND ".join(f"t.{key} = s.{key}" for key in DEDUP_KEY) + " AND " + _within(partitions)
             with _idempotent(spark, self.app_id, batch_id):
                 table.alias("t").merge(ticks.alias("s"), condition).whenNotMatchedInsertAll().execute()
-            return valid, _merged_rows_since(table, before)
+            return _merged_rows_since(table, before)
         finally:
             ticks.unpersist()
+
+
+def _applied(url: str, app_id: str, batch_id: int) -> bool:
+    """True when the Delta table at `url` already holds `app_id`'s batch `batch_id` (a replay)."""
+    from deltalake import DeltaTable as LogReader  # reads the Delta log in the driver, no Spark job
+
+    if not LogReader.is_deltatable(url):
+        return False
+    version = LogReader(url).transaction_version(app_id)
+    return version is not None and version >= batch_id
+
+
+def _table_version(url: str) -> int:
+    """The newest version of the Delta table at `url` (-1 before its first commit)."""
+    from deltalake import DeltaTable as LogReader
+
+    return LogReader(url).version() if LogReader.is_deltatable(url) else -1
+
+
+def _written_rows_since(url: str, version: int) -> int:
+    """Rows appended (WRITE commits) after `version`: this writer's own, the job being the table's only
+    writer (OPTIMIZE commits are not WRITEs); 0 when Delta skipped a replayed batch."""
+    from deltalake import DeltaTable as LogReader
+
+    if not LogReader.is_deltatable(url):
+        return 0
+    newest = LogReader(url)
+    commits = newest.history(max(1, newest.version() - version))
+    return sum(int((c.get("operationMetrics") or {}).get("numOutputRows", 0)) for c in commits
+               if c.get("operation") == "WRITE" and int(c.get("version", -1)) > version)
+
+
+def _stored_partitions(url: str) -> set[tuple[str, int]]:
+    """The (date, hour) partitions of raw_data that hold files, from the Delta log (empty: no table yet)."""
+    from deltalake import DeltaTable as LogReader
+
+    if not LogReader.is_deltatable(url):
+        return set()
+    date_column, hour_column = RAW_PARTITION_COLUMNS
+    return {(values[date_column], int(values[hour_column])) for values in LogReader(url).partitions()}
 
 
 def _raw_table(spark: SparkSession, url: str, like: DataFrame):
@@ -116,13 +194,14 @@ def _raw_table(spark: SparkSession, url: str, like: DataFrame):
     return DeltaTable.forPath(spark, url)
 
 
-def _within(partitions: list[tuple]) -> str:
-    """A MERGE condition keeping the target to the batch's (date, hour) partitions (file pruning)."""
+def _within(partitions: list[tuple], alias: str = "t") -> str:
+    """A condition keeping a table (`alias`, "" for none) to the batch's (date, hour) partitions (file pruning)."""
+    prefix = f"{alias}." if alias else ""
     dates = sorted({str(date) for date, _ in partitions})
     hours = sorted({int(hour) for _, hour in partitions})
     date_list = ", ".join(f"DATE'{date}'" for date in dates)
     hour_list = ", ".join(str(hour) for hour in hours)
-    return f"t.date IN ({date_list}) AND t.hour IN ({hour_list})"
+    return f"{prefix}date IN ({date_list}) AND {prefix}hour IN ({hour_list})"
 
 
 def _version(table) -> int:

@@ -92,8 +92,8 @@ def classify(kafka_rows: DataFrame, *, parse_once: bool = True) -> DataFrame:
             .withColumn("reason", _reason(F.col("tick"), F.col("event_time"))))
 
 
-def valid_ticks(classified: DataFrame) -> DataFrame:
-    """Typed ticks (every tick field; times as UTC timestamps) from rows `classify` accepted."""
+def tick_columns() -> list[Column]:
+    """Every tick field as a typed column of a `classify` row (times as UTC timestamps, symbol upper case)."""
     columns = []
     for name in tick.FIELD_NAMES:
         if name == "event_time":
@@ -104,7 +104,12 @@ def valid_ticks(classified: DataFrame) -> DataFrame:
             columns.append(F.upper(F.trim(F.col("tick.symbol"))).alias("symbol"))
         else:
             columns.append(F.col(f"tick.{name}").alias(name))
-    return classified.where(F.col("reason").isNull()).select(*columns)
+    return columns
+
+
+def valid_ticks(classified: DataFrame) -> DataFrame:
+    """Typed ticks (every tick field; times as UTC timestamps) from rows `classify` accepted."""
+    return classified.where(F.col("reason").isNull()).select(*tick_columns())
 
 
 def quarantined(classified: DataFrame) -> DataFrame:
