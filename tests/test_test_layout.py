@@ -58,7 +58,8 @@ def test_test_file_names_are_unique() -> None:
 def test_test_folders_mirror_the_packages_they_test() -> None:
     folders = {path.name for path in TESTS.iterdir() if path.is_dir() and not path.name.startswith((".", "_"))}
     packages = {path.parent.name for path in PACKAGE.glob("*/__init__.py")}
-    assert folders - {"helpers"} <= packages, "tests/<package>/ holds the tests of btcstream.<package>"
+    # helpers/: code the tests share; artifacts/: what the browser tests leave to look at (ignored by git).
+    assert folders - {"helpers", "artifacts"} <= packages, "tests/<package>/ holds the tests of btcstream.<package>"
 
 
 @pytest.mark.parametrize(("executable", "argv", "starts_a_jvm"), [

@@ -17,7 +17,7 @@ from btcstream.errors import BtcstreamError
 from btcstream.settings import load_settings
 
 # Add a command by writing btcstream/commands/<name>.py with register() and listing it here.
-COMMAND_MODULES = ("infra", "demo", "data", "exchange", "produce", "report", "stream", "status", "compact")
+COMMAND_MODULES = ("infra", "demo", "data", "exchange", "produce", "report", "stream", "status", "compact", "lab")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("kafka").setLevel(logging.WARNING)
     logging.getLogger("py4j").setLevel(logging.WARNING)
+    for chatty in ("choreographer", "kaleido", "logistro"):  # the report's chart previews (headless Chromium)
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         settings = load_settings()
         return int(args.func(args, settings) or 0)

@@ -121,6 +121,13 @@ def independent_window_metrics(raw: pd.DataFrame, minutes: int) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(["symbol", "window_start"]).reset_index(drop=True)
 
 
+def stderr_outputs(executed: Path) -> list[str]:
+    """What the notebook shows as stderr (a red block in JupyterLab and in the report)."""
+    notebook = nbformat.read(str(executed), as_version=4)
+    return [output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
+            for output in cell.get("outputs", []) if output.get("output_type") == "stream" and output.get("name") == "stderr"]
+
+
 def text_outputs(executed: Path) -> str:
     notebook = nbformat.read(str(executed), as_version=4)
     parts = []
@@ -146,6 +153,7 @@ def test_notebooks_run_the_pipeline_and_chart_what_it_stored(test_settings: Sett
     pipeline_run, streaming_run, hourly_run = runs
     for run in runs:
         assert errors(run.executed) == [], run.notebook
+        assert stderr_outputs(run.executed) == [], run.notebook  # no JVM start-up noise: it goes to a log file
         assert_offline_html(run.html, figure_count=len(figures(run.executed)))
     report_dir = tmp_path / "reports"
     assert sum(run.html.stat().st_size for run in runs) < 2_000_000  # plotly.js is not repeated in each page

@@ -12,7 +12,9 @@ import logging
 import os
 import re
 import sys
-from typing import TYPE_CHECKING
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 
 from btcstream.errors import SparkSessionError
 from btcstream.infra import artifacts
@@ -46,8 +48,13 @@ def shuffle_partitions(master: str) -> int:
 
 
 def spark_session(settings: Settings, app_name: str = "btcstream", *, with_kafka: bool = True,
-                  extra_conf: dict[str, str] | None = None) -> SparkSession:
+                  extra_conf: dict[str, str] | None = None, jvm_log: Path | None = None) -> SparkSession:
     """Get or create the SparkSession for `settings`.
+
+    `jvm_log`: when this call starts the JVM, its own console output (the launcher's notes,
+    log4j's console appender: start-up warnings, later WARN/ERROR lines) is appended to this file
+    instead of this process's stdout/stderr, where a Jupyter kernel would show it as a red stderr
+    block under the cell. The JVM keeps writing there for its whole life.
 
     `with_kafka=False` does not require the connector and Delta (pure DataFrame work needs no
     jars), but still puts them on the classpath when they are already resolved: configuration only takes effect
@@ -90,10 +97,45 @@ def spark_session(settings: Settings, app_name: str = "btcstream", *, with_kafka
                    .config("spark.sql.catalog.spark_catalog", DELTA_CATALOG))
     for key, value in (extra_conf or {}).items():
         builder = builder.config(key, value)
-    session = builder.getOrCreate()
+    if jvm_log is not None:
+        with console_output_to(jvm_log):
+            session = builder.getOrCreate()
+        log.info("Spark's own log: %s", jvm_log)
+    else:
+        session = builder.getOrCreate()
     session.sparkContext.setLogLevel(SPARK_LOG_LEVEL)
     if with_kafka and "spark-sql-kafka" not in session.sparkContext.getConf().get("spark.jars", ""):
         raise SparkSessionError(
             "this process already runs a SparkSession without Spark's Kafka connector; restart the kernel "
             "(or process) and call btcstream.clients.spark.spark_session before anything else creates a session")
     return session
+
+
+def jvm_log_file(settings: Settings, app_name: str) -> Path:
+    """Where a session started for `app_name` with its output kept out of the console logs: under the state dir."""
+    return settings.state_dir / "logs" / f"{app_name}.log"
+
+
+@contextmanager
+def console_output_to(path: Path) -> Iterator[None]:
+    """Point file descriptors 1 and 2 at `path` (appending) for the block: processes started in it keep the file.
+
+    Python's own `sys.stdout`/`sys.stderr` objects in a Jupyter kernel write to the notebook, not
+    to these descriptors, so cell output is unaffected; only child processes (the JVM) write here.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = (os.dup(1), os.dup(2))
+    try:
+        with open(path, "ab") as target:
+            os.dup2(target.fileno(), 1)
+            os.dup2(target.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+    finally:
+        for descriptor in saved:
+            os.close(descriptor)

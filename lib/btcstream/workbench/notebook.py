@@ -21,6 +21,7 @@ from btcstream.settings import Settings, load_settings
 from btcstream.storage.readers import TimeRange
 
 if TYPE_CHECKING:  # a notebook that only reads tables never loads pyspark
+    import plotly.graph_objects as go
     from pyspark.sql import SparkSession
     from pyspark.sql.streaming import StreamingQuery
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:  # a notebook that only reads tables never loads pyspark
 PLOTLY_RENDERERS = "plotly_mimetype"
 NOTEBOOK_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 CATCH_UP_TIMEOUT_S = 180.0  # longest wait for a live view to take in what the topic holds
+LIVE_UI_REVISION = "btcstream-live"  # constant: plotly.js keeps zoom and hover across data updates
 
 
 def setup(log_level: str = "INFO") -> None:
@@ -81,10 +83,16 @@ def time_range(start: str = "", end: str = "") -> TimeRange:
     return TimeRange(utc_time(start), utc_time(end))
 
 
-def quiet_spark(spark: SparkSession) -> SparkSession:
-    """Keep only the JVM's errors in the notebook's output (its warnings are noise there); returns `spark`."""
-    spark.sparkContext.setLogLevel("ERROR")
-    return spark
+def spark_session(settings: Settings, app_name: str = "btcstream-notebook") -> SparkSession:
+    """The kernel's SparkSession, its JVM's console output in `<state_dir>/logs/<app_name>.log`.
+
+    Without this the JVM's start-up notes (incubator modules, loopback hostname, native-hadoop,
+    log4j profile) and its warnings come out as a red stderr block under the cell and in the report;
+    in the log file they are still there for whoever needs them.
+    """
+    from btcstream.clients.spark import jvm_log_file, spark_session as build_session
+
+    return build_session(settings, app_name, jvm_log=jvm_log_file(settings, app_name))
 
 
 def watch(pipeline: Pipeline, duration_s: float, every_s: float = 10.0) -> None:
@@ -99,29 +107,58 @@ def watch(pipeline: Pipeline, duration_s: float, every_s: float = 10.0) -> None:
         raise
 
 
-def watch_view(query: StreamingQuery, read: Callable[[], pd.DataFrame], draw: Callable[[pd.DataFrame], Any],
+def watch_view(query: StreamingQuery, read: Callable[[], pd.DataFrame], draw: Callable[[pd.DataFrame], go.Figure],
                duration_s: float, every_s: float = 5.0, catch_up: bool = True) -> pd.DataFrame:
-    """Redraw `draw(read())` in place every `every_s` while `query` runs, then stop it; returns the last frame.
+    """Keep the chart `draw(read())` up to date every `every_s` while `query` runs, then stop it; returns the last frame.
 
+    While it runs the chart is a plotly `FigureWidget` whose traces are updated in place
+    (`refresh_live_figure`), so a zoom, a pan or a hover survives each refresh. At the end the
+    widget gives way to a static figure of the last frame, drawn in the view the user left it in:
+    that is what the saved notebook keeps, so papermill's output and the HTML report show it.
     With `catch_up`, waits (up to CATCH_UP_TIMEOUT_S) until the query has taken in all the data
     its source holds before the last drawing, so the final chart covers the whole topic.
     """
+    import plotly.graph_objects as go
     from IPython.display import display
 
-    handle = display(_bundle(draw(read())), raw=True, display_id=True)
+    live = go.FigureWidget(draw(read()))
+    live.update_layout(uirevision=LIVE_UI_REVISION)
+    handle = display(live, display_id=True)
     deadline = time.monotonic() + duration_s
     try:
         while time.monotonic() < deadline:
             time.sleep(min(every_s, max(deadline - time.monotonic(), 0.0)))
             _raise_if_failed(query)
-            handle.update(_bundle(draw(read())), raw=True)
+            refresh_live_figure(live, draw(read()))
         if catch_up:
             wait_until_idle(query, CATCH_UP_TIMEOUT_S)
         frame = read()
-        handle.update(_bundle(draw(frame)), raw=True)
+        refresh_live_figure(live, draw(frame))
+        handle.update(_bundle(go.Figure(live)), raw=True)
         return frame
     finally:
         query.stop()
+
+
+def refresh_live_figure(live: go.FigureWidget, figure: go.Figure) -> None:
+    """Give the widget `live` the data of `figure` in place, in one message to the browser.
+
+    Traces present in both (same name and axes) keep their identity and get the new values;
+    a new symbol adds its traces. The layout's ranges, and so the user's zoom, are not touched;
+    `uirevision` tells plotly.js to keep the view while the data changes.
+    """
+    def key(trace: Any) -> tuple:
+        return trace.name, getattr(trace, "xaxis", None), getattr(trace, "yaxis", None)
+
+    with live.batch_update():
+        if [key(trace) for trace in live.data] == [key(trace) for trace in figure.data]:
+            for mine, new in zip(live.data, figure.data):
+                mine.update(new.to_plotly_json(), overwrite=True)
+        else:
+            live.data = ()
+            live.add_traces(list(figure.data))
+        live.layout.annotations = figure.layout.annotations  # subplot titles name the window length
+        live.layout.title = figure.layout.title
 
 
 def wait_until_idle(query: StreamingQuery, timeout_s: float) -> bool:

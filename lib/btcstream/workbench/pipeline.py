@@ -33,8 +33,6 @@ if TYPE_CHECKING:  # pyspark loads when the pipeline starts, not when this modul
 log = logging.getLogger(__name__)
 
 PRODUCER_JOIN_TIMEOUT_S = 60.0
-# The JVM's log lands in a notebook's output: keep only errors there (progress is shown as tables).
-NOTEBOOK_SPARK_LOG_LEVEL = "ERROR"  # the producer flushes to Kafka before it returns
 PROGRESS_COLUMNS = ("query", "running_s", "batch", "input_rows", "input_rows_per_s", "processed_rows_per_s",
                     "batch_ms", "watermark", "late_rows", "active")
 
@@ -154,14 +152,14 @@ def start_pipeline(settings: Settings, source: str = "replay", *, replay_speed: 
         raise PipelineError(f"unknown source {source!r}; expected one of {', '.join(SOURCES)}")
     started_stack = _ensure_stack(settings) if start_stack else False
     from btcstream.ingest.publisher import ensure_topic
-    from btcstream.clients.spark import spark_session
+    from btcstream.clients.spark import jvm_log_file, spark_session
     from btcstream.streaming.job import start_queries, stop_queries
 
     if source == "replay" and replay_start is None:
         replay_start = _resume_point(settings)
     ensure_topic(settings)  # Spark's Kafka source fails on a topic that does not exist yet
-    spark = spark_session(settings, "btcstream-pipeline")
-    spark.sparkContext.setLogLevel(NOTEBOOK_SPARK_LOG_LEVEL)
+    # The JVM's console output goes to a log file, not into a notebook's (or the demo's) output.
+    spark = spark_session(settings, "btcstream-pipeline", jvm_log=jvm_log_file(settings, "btcstream-pipeline"))
     queries = start_queries(spark, settings, trigger_interval_s=trigger_interval_s)
     exchange = None
     if source == "replay":
