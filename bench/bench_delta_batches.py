@@ -36,6 +36,7 @@ from bench_streaming import (  # noqa: E402
     batch_throughput,
     bench_settings,
     end_offsets,
+    fill_topic,
     wait_drained,
     write_results,
 )
@@ -43,7 +44,6 @@ from bench_streaming import (  # noqa: E402
 from btcstream import names  # noqa: E402
 from btcstream.clients.kafka import spark_kafka_options  # noqa: E402
 from btcstream.clients.spark import spark_session  # noqa: E402
-from btcstream.ingest import tick  # noqa: E402
 from btcstream.streaming import job  # noqa: E402
 from btcstream.streaming.delta_batches import RAW_STRATEGIES, DeltaBatchWriter  # noqa: E402
 from btcstream.streaming.progress import read_progress  # noqa: E402
@@ -51,30 +51,6 @@ from btcstream.streaming.progress import read_progress  # noqa: E402
 log = logging.getLogger("bench_delta_batches")
 RESULTS = Path(__file__).parent / "results" / "delta_batches.md"
 STRATEGY_TEXT = {"anti_join": "anti join on stored partitions + idempotent append", "merge": "insert-only MERGE"}
-
-
-def fill_interleaved(spark, settings, count: int) -> None:
-    """`count` ticks, SYMBOL_COUNT symbols, one per symbol and second; two writers' halves interleaved."""
-    from pyspark.sql import functions as F
-
-    base = int(datetime(2025, 2, 14, tzinfo=timezone.utc).timestamp())
-    half = count // 2
-    ids = spark.range(count)
-    tick_index = (F.col("id") % 2) * half + F.floor(F.col("id") / 2)  # writer A: 0, 1, ...; writer B: half, ...
-    symbol = F.concat(F.lit("SYM"), F.lpad((tick_index % SYMBOL_COUNT).cast("string"), 2, "0"), F.lit("USDT"))
-    moment = F.date_format(F.timestamp_seconds(F.lit(base) + F.floor(tick_index / SYMBOL_COUNT)),
-                           "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX")
-    mid = F.lit(100.0) + F.sin(tick_index / 1000.0) * 10 + (tick_index % SYMBOL_COUNT)
-    fields = {name: F.lit(None).cast("double") for name in tick.FIELD_NAMES}
-    fields.update(symbol=symbol, event_time=moment, timestamp=moment, bid_price=mid - 0.01, ask_price=mid + 0.01,
-                  bid_qty=F.lit(1.5), ask_qty=F.lit(2.5), volume_24h=F.lit(18000.0), high_24h=mid + 5,
-                  low_24h=mid - 5, trade_timestamp=moment, coingecko_last_updated=moment,
-                  schema_version=F.lit(tick.SCHEMA_VERSION))
-    values = F.to_json(F.struct(*[fields[name].alias(name) for name in tick.FIELD_NAMES]))
-    partition = (tick_index % SYMBOL_COUNT % PARTITIONS).cast("int")
-    (ids.select(symbol.alias("key"), values.alias("value"), partition.alias("partition")).coalesce(1)
-     .write.format("kafka").option("kafka.bootstrap.servers", settings.kafka_bootstrap)
-     .option("topic", settings.topic).save())
 
 
 def delta_writer_throughput(spark, settings, strategy: str) -> tuple[float, int, int]:
@@ -130,7 +106,7 @@ def main() -> int:
     spark = spark_session(settings, "bench-delta-batches")
 
     started = time.monotonic()
-    fill_interleaved(spark, settings, args.ticks)
+    fill_topic(spark, settings, args.ticks, interleaved_writers=True)
     log.info("topic %s filled with %d ticks in %.1fs", settings.topic, sum(end_offsets(settings).values()),
              time.monotonic() - started)
     batch_rate = batch_throughput(spark, settings, args.ticks)

@@ -71,24 +71,29 @@ def bench_settings(name: str):
     return settings
 
 
-def fill_topic(spark, settings, count: int) -> None:
-    """Write `count` tick JSON values to the topic with Spark (keyed by symbol)."""
+def fill_topic(spark, settings, count: int, *, interleaved_writers: bool = False) -> None:
+    """Write `count` tick JSON values to the topic with Spark (keyed by symbol).
+
+    `interleaved_writers`: record i carries the event time of tick `(i % 2) * count/2 + i // 2`,
+    as two writers would leave the topic, each in its own order, the second half hours ahead.
+    """
     from pyspark.sql import functions as F
 
     base = int(datetime(2025, 2, 14, tzinfo=timezone.utc).timestamp())
     ids = spark.range(count)
-    symbol = F.concat(F.lit("SYM"), F.lpad((F.col("id") % SYMBOL_COUNT).cast("string"), 2, "0"), F.lit("USDT"))
-    moment = F.date_format(F.timestamp_seconds(F.lit(base) + F.floor(F.col("id") / SYMBOL_COUNT)),
+    tick_index = ((F.col("id") % 2) * (count // 2) + F.floor(F.col("id") / 2)) if interleaved_writers else F.col("id")
+    symbol = F.concat(F.lit("SYM"), F.lpad((tick_index % SYMBOL_COUNT).cast("string"), 2, "0"), F.lit("USDT"))
+    moment = F.date_format(F.timestamp_seconds(F.lit(base) + F.floor(tick_index / SYMBOL_COUNT)),
                            "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX")
-    mid = F.lit(100.0) + F.sin(F.col("id") / 1000.0) * 10 + (F.col("id") % SYMBOL_COUNT)
+    mid = F.lit(100.0) + F.sin(tick_index / 1000.0) * 10 + (tick_index % SYMBOL_COUNT)
     fields = {name: F.lit(None).cast("double") for name in tick.FIELD_NAMES}
     fields.update(symbol=symbol, event_time=moment, timestamp=moment, bid_price=mid - 0.01, ask_price=mid + 0.01,
                   bid_qty=F.lit(1.5), ask_qty=F.lit(2.5), volume_24h=F.lit(18000.0), high_24h=mid + 5,
                   low_24h=mid - 5, trade_timestamp=moment, coingecko_last_updated=moment,
                   schema_version=F.lit(tick.SCHEMA_VERSION))
     values = F.to_json(F.struct(*[fields[name].alias(name) for name in tick.FIELD_NAMES]))
-    partition = (F.col("id") % SYMBOL_COUNT % PARTITIONS).cast("int")
-    # One writing task: each partition then holds its ticks in event-time order (parallel tasks would
+    partition = (tick_index % SYMBOL_COUNT % PARTITIONS).cast("int")
+    # One writing task: each partition then holds its ticks in the order above (parallel tasks would
     # interleave the two halves of the range, and the first batch would push the watermark to the end).
     (ids.select(symbol.alias("key"), values.alias("value"), partition.alias("partition")).coalesce(1).write.format("kafka")
      .option("kafka.bootstrap.servers", settings.kafka_bootstrap).option("topic", settings.topic).save())
