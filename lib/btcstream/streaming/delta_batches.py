@@ -63,8 +63,9 @@ class DeltaBatchWriter:
     raw_url: str
     quarantine_url: str
     app_id: str
-    # "merge" (Delta's insert-only MERGE) or "anti_join"; MERGE drained the benchmark backlog faster in
-    # both streaming runs (bench/results/delta_batches.md), and it is Delta's own machinery.
+    # "merge" (Delta's insert-only MERGE, Delta's own machinery) or "anti_join". Not decided yet: in
+    # each benchmark run the strategy measured second won (bench/results/delta_batches.md), so a
+    # warmed-up, alternated comparison is still to make.
     raw_strategy: str = "merge"
 
     def __call__(self, kafka_rows: DataFrame, batch_id: int) -> BatchCounts:
