@@ -15,10 +15,7 @@ from typing import TYPE_CHECKING
 from btcstream.errors import StorageReadError
 from btcstream.names import DATASETS, HOURLY_DATASET, TIME_COLUMNS
 from btcstream.settings import Settings
-from btcstream.storage.filesystem import storage_filesystem, storage_path
-from btcstream.storage.manifest import committed_files
-
-if TYPE_CHECKING:  # pandas and the readers load on use, so `btcstream --help` stays quick
+if TYPE_CHECKING:  # pandas, pyarrow and the readers load on use, so `btcstream --help` stays quick
     import pandas as pd
 
 HOURLY_SHOWN = ("symbol", "window_start", "avg_price", "avg_spread", "avg_spread_bps", "realized_volatility",
@@ -56,6 +53,9 @@ def run_ls(args: argparse.Namespace, settings: Settings) -> int:
 
 def list_lines(settings: Settings, relative: str = "") -> list[str]:
     """The `ls` listing of `<root>/<relative>` as text lines."""
+    from btcstream.storage.filesystem import storage_filesystem, storage_path
+    from btcstream.storage.manifest import committed_files
+
     fs = storage_filesystem(settings)
     parts = [p for p in relative.strip("/").split("/") if p]
     directory = storage_path(settings, *parts)
@@ -84,6 +84,7 @@ def run_head(args: argparse.Namespace, settings: Settings) -> int:
     """
     import pandas as pd
 
+    from btcstream.storage.filesystem import storage_path
     from btcstream.storage.readers import chronological, committed_partition_files, read_files
 
     time_column = TIME_COLUMNS.get(args.dataset)

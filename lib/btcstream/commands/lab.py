@@ -70,4 +70,4 @@ def service_lines(settings: Settings) -> list[str]:
     if any(not status.healthy for status in statuses):
         lines.append("            start them with `btcstream infra up` (or `btcstream lab --with-stack`); "
                      "notebook 01 also starts them")
-    return lines + [f"{line}" for line in external]
+    return lines + list(external)

@@ -128,22 +128,24 @@ class DeltaBatchWriter:
         before = _table_version(self.raw_url)
         (ticks.write.format("delta").mode("append").partitionBy(*RAW_PARTITION_COLUMNS)
          .option("txnAppId", self.app_id).option("txnVersion", batch_id).save(self.raw_url))
-        return _written_rows_since(self.raw_url, before)
+        return _rows_added_since(self.raw_url, before)
 
     def _merge_raw(self, enriched: DataFrame, batch_id: int) -> int:
         """Keys inserted: insert-only MERGE on (symbol, event_time) within the batch's partitions."""
         spark = enriched.sparkSession
+        if _applied(self.raw_url, self.app_id, batch_id):
+            return 0
         ticks = enriched.dropDuplicates(list(DEDUP_KEY)).cache()
         try:
             partitions = [tuple(row) for row in ticks.select(*RAW_PARTITION_COLUMNS).distinct().collect()]
             if not partitions:
                 return 0
             table = _raw_table(spark, self.raw_url, ticks)
-            before = _version(table)
+            before = _table_version(self.raw_url)
             condition = " AND ".join(f"t.{key} = s.{key}" for key in DEDUP_KEY) + " AND " + _within(partitions)
             with _idempotent(spark, self.app_id, batch_id):
                 table.alias("t").merge(ticks.alias("s"), condition).whenNotMatchedInsertAll().execute()
-            return _merged_rows_since(table, before)
+            return _rows_added_since(self.raw_url, before)
         finally:
             ticks.unpersist()
 
@@ -165,17 +167,21 @@ def _table_version(url: str) -> int:
     return LogReader(url).version() if LogReader.is_deltatable(url) else -1
 
 
-def _written_rows_since(url: str, version: int) -> int:
-    """Rows appended (WRITE commits) after `version`: this writer's own, the job being the table's only
-    writer (OPTIMIZE commits are not WRITEs); 0 when Delta skipped a replayed batch."""
+# The commit metric holding the rows each operation added to the table.
+ADDED_ROWS_METRIC = {"WRITE": "numOutputRows", "MERGE": "numTargetRowsInserted"}
+
+
+def _rows_added_since(url: str, version: int) -> int:
+    """Rows appended or MERGE-inserted after `version`: this writer's own, the job being the table's only
+    writer (OPTIMIZE commits add none); 0 when Delta skipped a replayed batch."""
     from deltalake import DeltaTable as LogReader
 
     if not LogReader.is_deltatable(url):
         return 0
     newest = LogReader(url)
     commits = newest.history(max(1, newest.version() - version))
-    return sum(int((c.get("operationMetrics") or {}).get("numOutputRows", 0)) for c in commits
-               if c.get("operation") == "WRITE" and int(c.get("version", -1)) > version)
+    return sum(int((c.get("operationMetrics") or {}).get(ADDED_ROWS_METRIC[c["operation"]], 0)) for c in commits
+               if c.get("operation") in ADDED_ROWS_METRIC and int(c.get("version", -1)) > version)
 
 
 def _stored_partitions(url: str) -> set[tuple[str, int]]:
@@ -205,18 +211,6 @@ def _within(partitions: list[tuple], alias: str = "t") -> str:
     date_list = ", ".join(f"DATE'{date}'" for date in dates)
     hour_list = ", ".join(str(hour) for hour in hours)
     return f"{prefix}date IN ({date_list}) AND {prefix}hour IN ({hour_list})"
-
-
-def _version(table) -> int:
-    """The table's newest version."""
-    return int(table.history(1).select("version").collect()[0][0])
-
-
-def _merged_rows_since(table, version: int) -> int:
-    """Rows inserted by this writer's MERGE committed after `version` (0 when Delta skipped a replay)."""
-    newer = table.history(10).where(f"version > {version} AND operation = 'MERGE'")
-    return sum(int((row["operationMetrics"] or {}).get("numTargetRowsInserted", 0))
-               for row in newer.select("operationMetrics").collect())
 
 
 class _idempotent:

@@ -53,6 +53,7 @@ def upsert_hours(spark: SparkSession, raw_url: str, hourly_url: str, touched: Da
     from pyspark.sql import functions as F
 
     keys = touched.select(*HOUR_KEY).distinct().cache()
+    hours = None
     try:
         partitions = [tuple(row) for row in keys.select(F.to_date("window_start").alias("date"),
                                                          F.hour("window_start").alias("hour")).distinct().collect()]
@@ -84,9 +85,10 @@ def upsert_hours(spark: SparkSession, raw_url: str, hourly_url: str, touched: Da
                                        set={"is_final": F.lit(True), "updated_at": now})
          .execute())
         metrics = table.history(1).select("operationMetrics").collect()[0][0] or {}
-        hours.unpersist()
     finally:
         keys.unpersist()
+        if hours is not None:
+            hours.unpersist()
     return HourlyCounts(hours=count, opened=int(metrics.get("numTargetRowsInserted", 0)),
                         updated=int(metrics.get("numTargetRowsMatchedUpdated", 0)), revised=revised,
                         finalised=int(metrics.get("numTargetRowsNotMatchedBySourceUpdated", 0)))
