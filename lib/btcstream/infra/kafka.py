@@ -57,7 +57,9 @@ class KafkaBroker(LocalService):
 
     def _format_storage(self) -> None:
         """Format the KRaft log directory once; StorageTool calls exit, so it runs as its own JVM."""
-        cluster_id = base64.urlsafe_b64encode(secrets.token_bytes(16)).decode().rstrip("=")
+        cluster_id = "-"
+        while cluster_id.startswith("-"):  # a leading "-" would be read as an option (as Kafka's own Uuid avoids)
+            cluster_id = base64.urlsafe_b64encode(secrets.token_bytes(16)).decode().rstrip("=")
         done = subprocess.run(
             [java_executable(), HEAP, "-cp", artifacts.classpath(self.settings, "kafka"), *self._log_options(),
              "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.config_file), "--ignore-formatted"],
