@@ -1,31 +1,55 @@
-"""What `btcstream status` shows: each query's rates, batch time, Kafka lag, watermark, late and quarantined counts.
+"""What `btcstream status` shows: the Delta tables, the ingest query's rates and Kafka lag, the hourly rows.
 
-Runs in any process, without Spark: it reads the progress documents the job persists after every
-batch (`btcstream.streaming.progress`) and the Kafka offsets of the last committed batch in each
-checkpoint, and asks the broker for the end of the topic, so the lag is current even when the job
-is stopped. The hourly query reads raw_data, not Kafka: its lag is the number of raw_data files
-the raw sink committed that no hourly batch has taken yet.
+Runs in any process, without Spark, and reads no data file it does not need:
+
+- per table (raw_data, hourly_metrics, quarantine): the Delta version, data files and rows from the
+  Delta log (`deltalake`: each add action's `num_records` statistic) and the last commit's time;
+- per query: the progress document the job persists after every batch
+  (`btcstream.streaming.progress`: Spark's rates and batch time, the job's totals) and the Kafka
+  offsets of the last committed batch in its checkpoint, against the broker's end of the topic,
+  so the lag is current even when the job is stopped;
+- hourly rows open / final / revised: only the `is_final` and `revision` columns of hourly_metrics,
+  counted by delta-rs' query engine (DataFusion), plus the totals of the progress document.
+
+A storage root of the old file-sink layout stops with `LegacyLayout` (one line naming `btcstream
+migrate`). An unreachable broker does not: the lag is unknown and `StatusReport.warnings` says why.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, replace
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Iterator
 
-from btcstream.names import CHECKPOINT_FOLDERS, CHECKPOINTS_DIR, KAFKA_QUERIES, RAW_DATASET
+from btcstream.infra.processes import port_answers
+from btcstream.names import CHECKPOINT_FOLDERS, DATASETS, HOURLY_DATASET, INGEST_QUERY, KAFKA_QUERIES, QUERY_NAMES
 from btcstream.settings import Settings
-from btcstream.storage.filesystem import storage_filesystem, storage_path
 from btcstream.storage.checkpoints import committed_kafka_offsets
-from btcstream.storage.manifest import logged_paths, sink_files
+from btcstream.storage.layout import require_delta_layout
 from btcstream.streaming.progress import read_progress
 
 log = logging.getLogger(__name__)
 
 # A query that reported nothing (progress or idle) for this long is shown as not running.
 STALE_AFTER_S = 120.0
+# How long status waits for the broker before it prints the tables without the lag.
+KAFKA_TIMEOUT_MS = 5_000
+WIDTH = 120  # the tables fit a terminal this wide
+
+
+@dataclass(frozen=True)
+class TableStatus:
+    """One Delta table from its log; `version` None when there is no table yet."""
+
+    name: str
+    version: int | None = None
+    files: int = 0
+    rows: int | None = 0  # None when a data file has no row-count statistic
+    last_commit: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -34,72 +58,235 @@ class QueryStatus:
 
     name: str
     state: str  # running | stopped | failed | never started
-    updated_at: str | None
+    updated_at: datetime | None
     last_batch_id: int | None
     input_rows_per_s: float | None
     processed_rows_per_s: float | None
     batch_duration_ms: int | None
-    watermark: str | None
-    lag_offsets: int | None  # Kafka queries: offsets behind the end of the topic
-    late_rows_total: int
-    quarantined_rows_total: int
+    lag_offsets: int | None  # Kafka offsets behind the end of the topic
+    late_rows_total: int = 0
+    quarantined_rows_total: int = 0
+    inserted_rows_total: int = 0
+    duplicate_rows_total: int = 0
     error: str | None = None
-    lag_files: int | None = None  # hourly: committed raw_data files no batch has taken yet
 
 
-def query_statuses(settings: Settings, now: datetime | None = None) -> list[QueryStatus]:
-    """The status of every query of the job under `settings.storage_root`."""
+@dataclass(frozen=True)
+class HourlyStatus:
+    """hourly_metrics rows by lifecycle (None: no table yet), and the job's hourly totals since it started."""
+
+    open_rows: int | None  # is_final false: the hour is still live
+    final_rows: int | None
+    revised_rows: int | None  # revision > 1: changed by a tick that arrived after the hour was final
+    opened_total: int = 0
+    updated_total: int = 0
+    revised_total: int = 0
+    finalised_total: int = 0
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """Everything `btcstream status` prints, as of one moment."""
+
+    tables: list[TableStatus]
+    queries: list[QueryStatus]
+    hourly: HourlyStatus
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        """One JSON object: tables, queries, hourly, warnings (times in ISO 8601, UTC)."""
+        document = {
+            "tables": [_plain(t) for t in self.tables], "queries": [_plain(q) for q in self.queries],
+            "hourly": _plain(self.hourly), "warnings": self.warnings,
+        }
+        return json.dumps(document, indent=2)
+
+
+@dataclass(frozen=True)
+class TopicEnds:
+    """Per partition, the first and the next offset of the topic; `problem` when the broker could not tell."""
+
+    beginning: dict[int, int] = field(default_factory=dict)
+    end: dict[int, int] = field(default_factory=dict)
+    problem: str | None = None
+
+
+def status_report(settings: Settings, now: datetime | None = None, topic: TopicEnds | None = None) -> StatusReport:
+    """The whole status of the storage root; `topic` defaults to asking the broker (`topic_ends`)."""
+    require_delta_layout(settings)
     now = now or datetime.now(timezone.utc)
-    end_offsets = _topic_end_offsets(settings)
-    statuses = []
-    for name, folder in CHECKPOINT_FOLDERS.items():
-        document = _read_progress_retrying(settings, name)
-        committed = committed_kafka_offsets(settings, folder) if name in KAFKA_QUERIES else None
-        lag = None
-        if committed is not None and end_offsets is not None:
-            lag = sum(max(0, end - committed.get(partition, 0)) for partition, end in end_offsets.items())
-        elif name in KAFKA_QUERIES and end_offsets is not None and document is None:
-            lag = sum(end_offsets.values())  # never started: the whole topic is ahead of it
-        query_status = _status(name, document, lag, now)
-        if name not in KAFKA_QUERIES:
-            query_status = replace(query_status, lag_files=unread_raw_files(settings, folder))
-        statuses.append(query_status)
-    return statuses
+    topic = topic or topic_ends(settings)
+    documents = {name: _read_progress_retrying(settings, name) for name in QUERY_NAMES}
+    return StatusReport(
+        tables=[table_status(settings, dataset) for dataset in DATASETS],
+        queries=[query_status(settings, name, documents[name], topic, now) for name in QUERY_NAMES],
+        hourly=hourly_status(settings, _totals(documents[INGEST_QUERY])),
+        warnings=[topic.problem] if topic.problem else [],
+    )
 
 
-def unread_raw_files(settings: Settings, checkpoint_folder: str) -> int:
-    """How many files the raw sink committed that the file-reading query has not taken into a batch.
+def table_status(settings: Settings, dataset: str) -> TableStatus:
+    """Version, data files, rows and last commit time of one dataset's Delta table, from its log only."""
+    from deltalake import DeltaTable
 
-    The query's file source lists every file it took in `<checkpoint>/sources/0` (the same log
-    format as the sink's `_spark_metadata`); compaction does not touch either log.
-    """
-    fs = storage_filesystem(settings)
-    committed = set(sink_files(fs, storage_path(settings, RAW_DATASET)))
-    taken = set(logged_paths(fs, storage_path(settings, CHECKPOINTS_DIR, checkpoint_folder, "sources", "0")))
-    return len(committed - taken)
+    url = settings.storage_url(dataset)
+    if not DeltaTable.is_deltatable(url):
+        return TableStatus(dataset, version=None, files=0, rows=None)
+    table = DeltaTable(url)
+    records = table.get_add_actions().column("num_records").to_pylist()
+    history = table.history(1)
+    committed = history[0].get("timestamp") if history else None
+    return TableStatus(
+        name=dataset, version=table.version(), files=len(records),
+        rows=None if any(r is None for r in records) else sum(records),
+        last_commit=datetime.fromtimestamp(committed / 1000, timezone.utc) if committed is not None else None,
+    )
 
 
-def _status(name: str, document: dict[str, Any] | None, lag: int | None, now: datetime) -> QueryStatus:
+def hourly_rows(settings: Settings) -> tuple[int, int, int] | None:
+    """hourly_metrics rows (open, final, revised), reading only `is_final` and `revision`; None: no table."""
+    import pyarrow as pa
+    from deltalake import DeltaTable, QueryBuilder
+
+    url = settings.storage_url(HOURLY_DATASET)
+    if not DeltaTable.is_deltatable(url):
+        return None
+    # DataFusion in delta-rs reads only the two columns, in Rust (no Python file handles, no Arrow
+    # thread pool left running at exit; see storage.filesystem.read_parquet).
+    counts = QueryBuilder().register("hourly", DeltaTable(url)).execute(
+        "SELECT count(*) FILTER (WHERE NOT is_final) AS open_rows, count(*) FILTER (WHERE is_final) AS final_rows, "
+        "count(*) FILTER (WHERE revision > 1) AS revised_rows FROM hourly").read_all()
+    row = pa.table(counts).to_pylist()[0]
+    return int(row["open_rows"]), int(row["final_rows"]), int(row["revised_rows"])
+
+
+def hourly_status(settings: Settings, totals: dict[str, Any]) -> HourlyStatus:
+    """The hourly rows by lifecycle, with the totals of the ingest query's progress document."""
+    rows = hourly_rows(settings)
+    open_rows, final_rows, revised_rows = rows if rows is not None else (None, None, None)
+    return HourlyStatus(
+        open_rows=open_rows, final_rows=final_rows, revised_rows=revised_rows,
+        opened_total=int(totals.get("hourly_opened", 0)), updated_total=int(totals.get("hourly_updated", 0)),
+        revised_total=int(totals.get("hourly_revised", 0)), finalised_total=int(totals.get("hourly_finalised", 0)),
+    )
+
+
+def query_status(settings: Settings, name: str, document: dict[str, Any] | None, topic: TopicEnds,
+                 now: datetime) -> QueryStatus:
+    """One query from its progress document, and its Kafka lag from its checkpoint and `topic`."""
+    lag = None
+    if name in KAFKA_QUERIES and topic.problem is None:
+        committed = committed_kafka_offsets(settings, CHECKPOINT_FOLDERS[name]) or {}
+        lag = kafka_lag(committed, topic)
     if document is None:
-        return QueryStatus(name, "never started", None, None, None, None, None, None, lag, 0, 0)
+        return QueryStatus(name, "never started", None, None, None, None, None, lag)
     latest = document.get("latest") or {}
-    updated = document.get("updated_at")
+    updated = _utc(document.get("updated_at"))
     if document.get("error"):
         state = "failed"
-    elif document.get("stopped_at") or not updated or \
-            (now - datetime.fromisoformat(updated)).total_seconds() > STALE_AFTER_S:
+    elif document.get("stopped_at") or updated is None or (now - updated).total_seconds() > STALE_AFTER_S:
         state = "stopped"
     else:
         state = "running"
-    totals = document.get("totals") or {}
+    totals = _totals(document)
+    last_batch = document.get("last_batch_id")
     return QueryStatus(
-        name=name, state=state, updated_at=updated, last_batch_id=document.get("last_batch_id"),
-        input_rows_per_s=latest.get("inputRowsPerSecond"), processed_rows_per_s=latest.get("processedRowsPerSecond"),
-        batch_duration_ms=(latest.get("durationMs") or {}).get("triggerExecution"),
-        watermark=(latest.get("eventTime") or {}).get("watermark"), lag_offsets=lag,
+        name=name, state=state, updated_at=updated,
+        last_batch_id=last_batch if isinstance(last_batch, int) and last_batch >= 0 else None,
+        input_rows_per_s=_finite(latest.get("inputRowsPerSecond")),
+        processed_rows_per_s=_finite(latest.get("processedRowsPerSecond")),
+        batch_duration_ms=(latest.get("durationMs") or {}).get("triggerExecution"), lag_offsets=lag,
         late_rows_total=int(totals.get("late_rows", 0)), quarantined_rows_total=int(totals.get("quarantined_rows", 0)),
-        error=document.get("error"),
+        inserted_rows_total=int(totals.get("inserted_rows", 0)),
+        duplicate_rows_total=int(totals.get("duplicate_rows", 0)), error=document.get("error"),
     )
+
+
+def kafka_lag(committed: dict[int, int], topic: TopicEnds) -> int:
+    """Offsets still to read: per partition from the committed offset (the topic's first one if none) to the end."""
+    return sum(max(0, end - max(committed.get(partition, 0), topic.beginning.get(partition, 0)))
+               for partition, end in topic.end.items())
+
+
+def topic_ends(settings: Settings) -> TopicEnds:
+    """The first and next offset of every partition of the topic, or the broker's problem in one line."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from btcstream.clients.kafka import kafka_python_options
+
+    where = f"Kafka at {settings.kafka_bootstrap}"
+    fix = "start it (`btcstream infra up`) or check BTCSTREAM_KAFKA_BOOTSTRAP"
+    if not any(port_answers(port, host, KAFKA_TIMEOUT_MS / 1000) for host, port in settings.kafka_hosts):
+        # kafka-python would retry a refused connection with backoff until its timeout: answer at once
+        return TopicEnds(problem=f"cannot reach {where} (no broker accepts connections): Kafka lag unknown; {fix}")
+    with _quiet("kafka"):  # kafka-python logs every failed connection attempt: one warning says it all
+        try:
+            consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=KAFKA_TIMEOUT_MS,
+                                     bootstrap_timeout_ms=KAFKA_TIMEOUT_MS, **kafka_python_options(settings))
+        except Exception as error:  # status must still print what it knows
+            return TopicEnds(problem=f"cannot reach {where} ({_first_line(error)}): Kafka lag unknown; {fix}")
+        try:
+            partitions = [TopicPartition(settings.topic, p) for p in consumer.partitions_for_topic(settings.topic) or ()]
+            if not partitions:
+                return TopicEnds(problem=f"topic {settings.topic} does not exist on {where}: Kafka lag unknown")
+            beginning = consumer.beginning_offsets(partitions)
+            end = consumer.end_offsets(partitions)
+            return TopicEnds(beginning={tp.partition: offset for tp, offset in beginning.items()},
+                             end={tp.partition: offset for tp, offset in end.items()})
+        except Exception as error:
+            return TopicEnds(problem=f"cannot read the offsets of {settings.topic} from {where} "
+                                     f"({_first_line(error)}): Kafka lag unknown")
+        finally:
+            consumer.close()
+
+
+def format_report(report: StatusReport) -> str:
+    """The report as three fixed-width blocks (tables, queries, hourly rows), each line at most `WIDTH` wide."""
+    return "\n\n".join([format_tables(report.tables), format_queries(report.queries), format_hourly(report.hourly)])
+
+
+def format_tables(tables: list[TableStatus]) -> str:
+    """One line per Delta table: version, files, rows, last commit."""
+    lines = [f"{'table':16} {'version':>10} {'files':>10} {'rows':>16}  last commit (UTC)"]
+    for t in tables:
+        if t.version is None:
+            lines.append(f"{t.name:16} no table yet")
+            continue
+        when = f"{t.last_commit:%Y-%m-%d %H:%M:%S}" if t.last_commit else "-"
+        lines.append(f"{t.name:16} {t.version:>10,} {t.files:>10,} {_number(t.rows):>16}  {when}")
+    return "\n".join(lines)
+
+
+def format_queries(queries: list[QueryStatus]) -> str:
+    """Per query a line (state, last batch, rates, batch time, Kafka lag, late and quarantined totals),
+    then its raw_data totals and, if it failed, its error's first line."""
+    lines = [f"{'query':16} {'state':13} {'batch':>9} {'in rows/s':>11} {'done rows/s':>11} {'batch ms':>9} "
+             f"{'kafka lag':>13} {'late':>14} {'quarantined':>14}"]
+    for q in queries:
+        lines.append(f"{q.name:16} {q.state:13} {_number(q.last_batch_id):>9} {_number(q.input_rows_per_s, 1):>11} "
+                     f"{_number(q.processed_rows_per_s, 1):>11} {_number(q.batch_duration_ms):>9} "
+                     f"{_number(q.lag_offsets):>13} {_number(q.late_rows_total):>14} "
+                     f"{_number(q.quarantined_rows_total):>14}")
+        lines.append(f"  raw_data: {q.inserted_rows_total:,} ticks inserted, {q.duplicate_rows_total:,} duplicates skipped")
+        if q.error:
+            lines.append(_clip(f"  error: {_first_line(q.error)}"))
+    return "\n".join(lines)
+
+
+def format_hourly(hourly: HourlyStatus) -> str:
+    """The hourly rows by lifecycle, then what the job did to them since it started."""
+    if hourly.open_rows is None:
+        rows = "hourly rows: no table yet"
+    else:
+        rows = (f"hourly rows: {_number(hourly.open_rows)} open, {_number(hourly.final_rows)} final, "
+                f"{_number(hourly.revised_rows)} revised (changed after final)")
+    totals = (f"hourly changes: {hourly.opened_total:,} opened, {hourly.updated_total:,} updated, "
+              f"{hourly.finalised_total:,} finalised, {hourly.revised_total:,} revised")
+    return f"{rows}\n{totals}"
+
+
+def _totals(document: dict[str, Any] | None) -> dict[str, Any]:
+    return (document or {}).get("totals") or {}
 
 
 def _read_progress_retrying(settings: Settings, name: str) -> dict[str, Any] | None:
@@ -114,44 +301,46 @@ def _read_progress_retrying(settings: Settings, name: str) -> dict[str, Any] | N
     return None
 
 
-def _topic_end_offsets(settings: Settings) -> dict[int, int] | None:
-    """The end offset of every partition of the topic, or None if the broker cannot be asked."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    from btcstream.clients.kafka import kafka_python_options
-
+@contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """Silence a library's logger for the duration of a call."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
     try:
-        consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10_000,
-                                 **kafka_python_options(settings))
-    except Exception as error:  # status must still print what it knows
-        log.warning("cannot reach Kafka at %s for the lag: %s", settings.kafka_bootstrap, error)
-        return None
-    try:
-        partitions = consumer.partitions_for_topic(settings.topic) or set()
-        ends = consumer.end_offsets([TopicPartition(settings.topic, p) for p in partitions])
-        return {tp.partition: offset for tp, offset in ends.items()}
-    except Exception as error:
-        log.warning("cannot read the end offsets of %s: %s", settings.topic, error)
-        return None
+        yield
     finally:
-        consumer.close()
+        logger.setLevel(level)
 
 
-def format_table(statuses: list[QueryStatus]) -> str:
-    """The statuses as a fixed-width table."""
-    header = (f"{'query':22} {'state':13} {'batch':>6} {'in rows/s':>10} {'done rows/s':>11} {'batch ms':>9} "
-              f"{'lag':>8} {'late':>7} {'quarant.':>8}  watermark")
-    lines = [header]
+def _utc(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    moment = datetime.fromisoformat(text)
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
 
-    def number(value: float | int | None, digits: int = 0) -> str:
-        return "-" if value is None else f"{value:,.{digits}f}"
 
-    for s in statuses:
-        lag = f"{s.lag_files:,} files" if s.lag_files is not None else number(s.lag_offsets)
-        lines.append(f"{s.name:22} {s.state:13} {number(s.last_batch_id):>6} {number(s.input_rows_per_s, 1):>10} "
-                     f"{number(s.processed_rows_per_s, 1):>11} {number(s.batch_duration_ms):>9} "
-                     f"{lag:>8} {number(s.late_rows_total):>7} {number(s.quarantined_rows_total):>8}"
-                     f"  {s.watermark or '-'}")
-        if s.error:
-            lines.append(f"  error: {s.error.splitlines()[0]}")
-    return "\n".join(lines)
+def _finite(value: Any) -> float | None:
+    """Spark's rates as floats; None when absent or not a number (NaN, infinite)."""
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _number(value: float | int | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _first_line(error: BaseException | str) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _clip(line: str) -> str:
+    return line if len(line) <= WIDTH else line[:WIDTH - 3] + "..."
+
+
+def _plain(record: Any) -> dict[str, Any]:
+    """A status dataclass as JSON-ready values (datetimes as ISO 8601)."""
+    return {key: value.isoformat() if isinstance(value, datetime) else value
+            for key, value in record.__dict__.items()}
