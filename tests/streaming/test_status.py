@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from btcstream.errors import LegacyLayout
+from btcstream.errors import LegacyLayout, StorageReadError
 from btcstream.ingest.tick import FIELD_NAMES, TIME_FIELDS
 from btcstream.names import (
     CHECKPOINTS_DIR, HOURLY_COLUMNS, HOURLY_DATASET, HOURLY_LIFECYCLE_COLUMNS, HOURLY_PARTITION_COLUMNS,
@@ -249,6 +249,17 @@ def test_an_old_file_sink_root_stops_with_the_one_line_migrate_error(settings: S
 
     message = str(raised.value)
     assert len(message.splitlines()) == 1 and "quarantine" in message and "`btcstream migrate`" in message
+
+
+def test_an_unreachable_hdfs_root_is_one_line_naming_the_root_and_the_fix() -> None:
+    nowhere = Settings(storage_root="hdfs://localhost:1/bitcoin", webhdfs_port=1)  # neither RPC nor WebHDFS answers
+
+    with pytest.raises(StorageReadError) as raised:
+        status.status_report(nowhere, topic=TOPIC)
+
+    message = str(raised.value)
+    assert len(message.splitlines()) == 1
+    assert "hdfs://localhost:1/bitcoin" in message and "`btcstream infra up`" in message
 
 
 def test_quarantine_table_counts_like_the_others(settings: Settings) -> None:
