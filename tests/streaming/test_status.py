@@ -1,6 +1,7 @@
 """`btcstream status` on the Delta job, without a JVM or a broker: table versions, files and rows from
 the Delta log alone, hourly rows open / final / revised, the query's state, totals and Kafka lag,
-an unreachable broker (tables still shown, one warning) and an old file-sink root (one line)."""
+an unreachable broker (tables still shown, one warning), an unreachable HDFS and an old file-sink
+root (one line each). One integration test checks the same numbers on the real HDFS and broker."""
 
 from __future__ import annotations
 
