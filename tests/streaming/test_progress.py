@@ -1,0 +1,54 @@
+"""The job's progress document: a batch re-run after a crash is counted once, the job's counts land
+in the totals, and what was noted for a batch is used once (JVM-free)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from btcstream.names import INGEST_QUERY
+from btcstream.settings import Settings
+from btcstream.streaming import progress
+
+
+def spark_progress(batch_id: int, input_rows: int) -> dict:
+    """The few fields of Spark's StreamingQueryProgress the document reads."""
+    return {"name": INGEST_QUERY, "batchId": batch_id, "numInputRows": input_rows, "timestamp": f"t{batch_id}",
+            "durationMs": {"triggerExecution": 100 + batch_id}}
+
+
+def test_totals_count_a_rerun_batch_once_and_sum_the_jobs_counts() -> None:
+    counts = {0: {"input_rows": 10, "inserted_rows": 8, "duplicate_rows": 1, "quarantined_rows": 1},
+              1: {"input_rows": 5, "inserted_rows": 3, "late_rows": 2, "duplicate_rows": 2, "hourly_revised": 1},
+              2: {"input_rows": 3, "inserted_rows": 3, "hourly_opened": 2, "hourly_finalised": 1}}
+    document = None
+    for batch_id in (0, 1, 1, 2):  # batch 1 re-run after a crash
+        document = progress.merge(document, spark_progress(batch_id, 99), counts[batch_id])
+    totals = document["totals"]
+    assert totals["batches"] == 3
+    assert (totals["input_rows"], totals["inserted_rows"], totals["duplicate_rows"]) == (18, 14, 3)
+    assert (totals["late_rows"], totals["quarantined_rows"]) == (2, 1)
+    assert (totals["hourly_opened"], totals["hourly_revised"], totals["hourly_finalised"]) == (2, 1, 1)
+    assert [h["batch_id"] for h in document["history"]] == [0, 1, 2]  # the re-run replaced its summary
+    assert document["latest"]["batchId"] == 2 and document["last_batch_id"] == 2
+
+
+def test_without_the_jobs_counts_input_rows_come_from_spark() -> None:
+    document = progress.merge(None, spark_progress(0, 42))
+    assert document["totals"]["input_rows"] == 42 and document["totals"]["inserted_rows"] == 0
+
+
+def test_the_writer_persists_noted_counts_with_their_batch_and_survives_a_restart(tmp_path: Path) -> None:
+    settings = Settings(storage_root=f"file://{tmp_path}")
+    writer = progress.ProgressWriter(settings)
+    writer.note_batch(INGEST_QUERY, 0, {"input_rows": 4, "inserted_rows": 4})
+    writer.record(spark_progress(0, 4))
+    writer.record(spark_progress(0, 4))  # Spark reports the same batch again: nothing added
+    restarted = progress.ProgressWriter(settings)  # a new process reads the document back
+    restarted.note_batch(INGEST_QUERY, 1, {"input_rows": 6, "inserted_rows": 5, "duplicate_rows": 1})
+    restarted.record(spark_progress(1, 6))
+
+    stored = progress.read_progress(settings, INGEST_QUERY)
+    assert stored == json.loads(Path(progress.progress_path(settings, INGEST_QUERY)).read_text())
+    assert (stored["totals"]["batches"], stored["totals"]["input_rows"], stored["totals"]["inserted_rows"],
+            stored["totals"]["duplicate_rows"]) == (2, 10, 9, 1)
