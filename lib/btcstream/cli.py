@@ -55,6 +55,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def one_line(error: BaseException) -> str:
-    """`ExceptionType: first line of its message`, the way the CLI reports an unexpected failure."""
+    """`ExceptionType: first line of its message`, the way the CLI reports an unexpected failure.
+
+    A JVM failure raised through py4j says only "An error occurred while calling o132.start." in
+    its first line; its Java exception (e.g. `java.net.ConnectException: Call From ... to
+    localhost:9000 failed`) is the line worth showing.
+    """
+    java = getattr(error, "java_exception", None)
+    if java is not None:
+        try:
+            return str(java.toString()).strip().splitlines()[0]
+        except Exception:  # the JVM is gone: fall back to the Python text
+            pass
     message = str(error).strip().splitlines()
     return f"{type(error).__name__}: {message[0]}" if message else type(error).__name__

@@ -91,11 +91,11 @@ class StreamingQueryFailed(BtcstreamError):
 
 
 class CompactionError(BtcstreamError):
-    """`btcstream compact` could not safely compact a dataset partition."""
+    """`btcstream compact` could not optimize or vacuum a table (e.g. a retention below the safe minimum)."""
 
 
-class LockHeld(BtcstreamError):
-    """Another process holds a lock file under the storage root (e.g. a compaction still running)."""
+class LegacyLayout(BtcstreamError):
+    """The storage root holds datasets of the old file-sink layout, not Delta tables: `btcstream migrate` imports them."""
 
 
 class PipelineError(BtcstreamError):

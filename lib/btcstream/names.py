@@ -4,12 +4,13 @@ One home for each name, so the job that writes a dataset, the readers, `status`,
 the CLI cannot drift apart. Plain constants only: importing this module costs nothing (no pyspark,
 no pandas), so the command line and the JVM-free readers use it freely.
 
-Storage layout under the storage root (`Settings.storage_root`):
+Storage layout under the storage root (`Settings.storage_root`), every dataset a Delta Lake table
+(Parquet files plus the `_delta_log` transaction log):
 
     <root>/raw_data        enriched ticks, partitioned by date=YYYY-MM-DD/hour=H of event_time
-    <root>/hourly_metrics  one row per symbol and event-time hour, partitioned by date of window_start
-    <root>/quarantine      records the job refused, with the reason, partitioned by date
-    <root>/checkpoints/<folder>   one Spark checkpoint per query, plus progress/<query>.json
+    <root>/hourly_metrics  one row per symbol and event-time hour (live, then final), partitioned by date of window_start
+    <root>/quarantine      records the job refused: raw bytes, a readable preview, the reason; partitioned by date
+    <root>/checkpoints/<folder>   the Spark checkpoint of the job's query, plus progress/<query>.json
 """
 
 from __future__ import annotations
@@ -25,13 +26,20 @@ PROGRESS_DIR = "progress"  # under CHECKPOINTS_DIR: the queries' persisted progr
 # The column each dataset is read and sorted by in time (quarantine rows by their Kafka timestamp).
 TIME_COLUMNS = {RAW_DATASET: "event_time", HOURLY_DATASET: "window_start", QUARANTINE_DATASET: "kafka_timestamp"}
 
-# Streaming queries and their checkpoint folders under <root>/checkpoints.
-QUARANTINE_QUERY = "btcstream_quarantine"
-RAW_QUERY = "btcstream_raw"
-HOURLY_QUERY = "btcstream_hourly"
-QUERY_NAMES: tuple[str, ...] = (QUARANTINE_QUERY, RAW_QUERY, HOURLY_QUERY)
-CHECKPOINT_FOLDERS = {QUARANTINE_QUERY: "quarantine", RAW_QUERY: "raw", HOURLY_QUERY: "hourly"}
-KAFKA_QUERIES = frozenset({QUARANTINE_QUERY, RAW_QUERY})  # the queries that read the topic (the others read raw_data)
+# The streaming job's one query (it reads the topic once and writes every table) and its checkpoint folder.
+INGEST_QUERY = "btcstream_ingest"
+QUERY_NAMES: tuple[str, ...] = (INGEST_QUERY,)
+CHECKPOINT_FOLDERS = {INGEST_QUERY: "ingest"}
+KAFKA_QUERIES = frozenset({INGEST_QUERY})  # the queries that read the topic
+# Under CHECKPOINTS_DIR, written by `btcstream migrate`: {"topic": ..., "offsets": {partition: offset}},
+# where a new ingest checkpoint starts reading (the old job's committed offsets) instead of "earliest".
+INGEST_START_OFFSETS_FILE = "ingest-start-offsets.json"
+
+# The transaction log that makes a folder a Delta table, and the log of the file-sink layout that
+# came before it (a storage root holding the latter is migrated with `btcstream migrate`).
+DELTA_LOG_DIR = "_delta_log"
+LEGACY_SINK_LOG_DIR = "_spark_metadata"
+LEGACY_DIR = "legacy"  # <root>/legacy/<stamp>/: what `btcstream migrate` moved aside
 
 # raw_data columns: the tick record's fields (`btcstream.ingest.tick.FIELD_NAMES`, the one place
 # that spells them, in the Kafka JSON's order), then these derived columns, then the partitions.
@@ -51,6 +59,13 @@ HOURLY_COLUMNS: tuple[str, ...] = (
 )
 # The Delta hourly table's row lifecycle (btcstream.streaming.hourly_upserts): live, then final, then revised.
 HOURLY_LIFECYCLE_COLUMNS: tuple[str, ...] = ("is_final", "revision", "updated_at")
+
+# quarantine columns (btcstream.streaming.parse.quarantined; the table adds QUARANTINE_PARTITION_COLUMNS):
+# the record's bytes as received (binary: any bytes at all), a UTF-8 preview with invalid bytes replaced.
+QUARANTINE_COLUMNS: tuple[str, ...] = (
+    "value", "value_preview", "reason", "topic", "partition", "offset", "kafka_timestamp", "detected_at",
+)
+QUARANTINE_PREVIEW_CHARS = 200
 
 # Where the market data comes from: the real exchanges, or the local exchange replaying history.
 SOURCES: tuple[str, ...] = ("live", "replay")

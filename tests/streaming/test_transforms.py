@@ -44,6 +44,7 @@ def test_parse_accepts_valid_ticks_and_quarantines_each_kind_of_bad_record(spark
         variant(bid_qty=-1.0): parse.BAD_QUANTITY,
         variant(bid_price=2.0, ask_price=1.0): parse.CROSSED_BOOK,
         None: parse.UNPARSEABLE,  # a record without a value (a Kafka tombstone)
+        b"\xff\xfe{": parse.UNPARSEABLE,  # not UTF-8 at all
     }
     values = [good.to_json(), with_offset.to_json(), *bad]
     ticks, quarantine = parse.split(kafka_frame(spark, values))
@@ -59,7 +60,11 @@ def test_parse_accepts_valid_ticks_and_quarantines_each_kind_of_bad_record(spark
     refused = {r.offset: r for r in quarantine.collect()}
     assert {offset: refused[offset].reason for offset in refused} == {
         offset: reason for offset, reason in enumerate([None, None, *bad.values()]) if reason}
-    assert refused[2].value == "not json" and refused[2].topic == "ticks" and refused[2].partition == 0
+    assert refused[2].value == b"not json" and refused[2].topic == "ticks" and refused[2].partition == 0
+    assert refused[2].value_preview == "not json"
+    # The bytes as received, whatever they are; the preview replaces what is not UTF-8.
+    invalid = refused[len(values) - 1]
+    assert invalid.value == b"\xff\xfe{" and invalid.value_preview == "\ufffd\ufffd{"
     assert tuple(quarantine.columns) == parse.QUARANTINE_COLUMNS
 
 

@@ -18,11 +18,11 @@ HEALTH_CHECK_S = 2.0
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("stream", help="run the Spark streaming job (Kafka -> raw_data, hourly_metrics, "
-                                                  "quarantine) until interrupted")
+                                                  "quarantine Delta tables, one read) until interrupted")
     parser.add_argument("--trigger-interval", type=float, default=None, metavar="SECONDS",
                         help="micro-batch trigger interval (default: the trigger_interval_s setting)")
     parser.add_argument("--query", action="append", choices=QUERY_NAMES, dest="queries",
-                        help="run only this query (repeatable; default: all three)")
+                        help="run only this query (repeatable; default: all; the job has one, btcstream_ingest)")
     parser.set_defaults(func=run)
 
 

@@ -9,18 +9,19 @@ and writes both tables in the same batch:
   appends nothing twice;
 - raw_data: the valid ticks, deduplicated on (symbol, event_time) inside the batch, then only
   the keys not stored yet are added, looking only at the (date, hour) partitions the batch
-  touches: by default an insert-only MERGE carrying Delta's idempotent-DML marks
-  (`spark.databricks.delta.write.txnAppId/txnVersion` session confs, `raw_strategy="merge"`), or
-  a left anti join against the partitions already stored and an idempotent append (`"anti_join"`). No event-time
+  touches: by default a left anti join against the partitions already stored and an idempotent
+  append (`raw_strategy="anti_join"`), or an insert-only MERGE carrying Delta's idempotent-DML
+  marks (`spark.databricks.delta.write.txnAppId/txnVersion` session confs, `"merge"`). No event-time
   watermark is involved, so a tick is never dropped for arriving late: out-of-order writers and
   catch-ups keep every tick, exactly once.
 
-Not wired into `btcstream stream` yet (the job still writes file sinks); `bench/` measures it.
+Used by the job's one query (`btcstream.streaming.job`); `bench/bench_delta_batches.py` measures it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from btcstream.ingest.tick import FIELD_NAMES
@@ -45,6 +46,9 @@ class BatchCounts:
     quarantined: int
     valid: int
     inserted: int  # new (symbol, event_time) keys written to raw_data
+    late: int = 0  # valid ticks older than `late_before` (stored all the same: counted, never dropped)
+    newest_event_time: datetime | None = None  # the largest event_time among the valid ticks
+    hours: tuple[tuple[str, datetime], ...] = field(default=())  # (symbol, hour start) the valid ticks fall in
 
     @property
     def duplicates(self) -> int:
@@ -63,13 +67,16 @@ class DeltaBatchWriter:
     raw_url: str
     quarantine_url: str
     app_id: str
-    # "merge" (Delta's insert-only MERGE, Delta's own machinery) or "anti_join". Not decided yet: in
-    # each benchmark run the strategy measured second won (bench/results/delta_batches.md), so a
-    # warmed-up, alternated comparison is still to make.
-    raw_strategy: str = "merge"
+    # "anti_join" (default) or "merge" (Delta's insert-only MERGE). The anti join ends in a blind
+    # append, which never conflicts with an OPTIMIZE running beside the job (`btcstream compact`):
+    # a MERGE reads the files it may rewrite and fails when OPTIMIZE removed them meanwhile. It was
+    # also the faster in the benchmarks (bench/results/delta_batches.md).
+    raw_strategy: str = "anti_join"
 
-    def __call__(self, kafka_rows: DataFrame, batch_id: int) -> BatchCounts:
+    def __call__(self, kafka_rows: DataFrame, batch_id: int, late_before: datetime | None = None) -> BatchCounts:
         """The `foreachBatch` function: classify once, write both tables, return the counts.
+
+        `late_before`: valid ticks older than this are counted as late (and stored like the others).
 
         What stays in memory for the batch is one row per record with the typed tick fields and
         the refusal reason; the record's text is kept only for refused records (the quarantine's
@@ -85,9 +92,12 @@ class DeltaBatchWriter:
                         "kafka_timestamp")
                 .persist())
         try:
-            totals = rows.agg(F.count(F.lit(1)).alias("records"),
-                              F.count_if(F.col("reason").isNull()).alias("valid")).collect()[0]
-            records, valid = int(totals["records"]), int(totals["valid"])
+            groups = self._summary(rows, late_before)
+            records = sum(group["records"] for group in groups)
+            valid = sum(group["valid"] for group in groups)
+            late = sum(group["late"] for group in groups)
+            hours = tuple(sorted((group["symbol"], _utc(group["window_start"])) for group in groups if group["valid"]))
+            newest = max((_utc(group["newest"]) for group in groups if group["newest"] is not None), default=None)
             quarantined = records - valid
             if quarantined:
                 self._append_quarantine(parse.quarantined(rows), batch_id)
@@ -96,7 +106,22 @@ class DeltaBatchWriter:
             inserted = write_raw(enriched, batch_id) if valid else 0
         finally:
             rows.unpersist()
-        return BatchCounts(batch_id, records, quarantined, valid, inserted)
+        return BatchCounts(batch_id, records, quarantined, valid, inserted, late, newest, hours)
+
+    @staticmethod
+    def _summary(rows: DataFrame, late_before: datetime | None) -> list:
+        """One Spark job over the batch: per (symbol, hour) of the valid ticks, and one group of the
+        refused records (null keys): records, valid, late ticks, newest event_time."""
+        from pyspark.sql import functions as F
+
+        is_valid = F.col("reason").isNull()
+        is_late = is_valid & (F.col("event_time") < F.lit(late_before)) if late_before is not None else F.lit(False)
+        return (rows.groupBy(F.when(is_valid, F.col("symbol")).alias("symbol"),
+                             F.when(is_valid, F.date_trunc("hour", "event_time")).alias("window_start"))
+                .agg(F.count(F.lit(1)).alias("records"), F.count_if(is_valid).alias("valid"),
+                     F.count_if(is_late).alias("late"),
+                     F.max(F.when(is_valid, F.col("event_time"))).alias("newest"))
+                .collect())
 
     def _append_quarantine(self, refused: DataFrame, batch_id: int) -> None:
         from pyspark.sql import functions as F
@@ -148,6 +173,11 @@ class DeltaBatchWriter:
             return _rows_added_since(self.raw_url, before)
         finally:
             ticks.unpersist()
+
+
+def _utc(moment: datetime) -> datetime:
+    """A timestamp collected from Spark (naive, in this process's local time) as a UTC-aware datetime."""
+    return moment.astimezone(timezone.utc)
 
 
 def _applied(url: str, app_id: str, batch_id: int) -> bool:

@@ -17,14 +17,20 @@ hours, updates hours whose tick count changed (a new tick is the only way an hou
 change: raw_data stores each (symbol, event_time) once) and, through "not matched by source",
 finalises live hours that the event clock has passed without new ticks.
 
-Not wired into `btcstream stream` yet (the job still writes file sinks).
+The MERGE reads the hourly table's files, so an OPTIMIZE committed beside it (`btcstream compact`)
+can make it fail with a concurrent-modification conflict; the upsert is a recomputation, so it
+is simply run again (`CONFLICT_RETRIES`).
+
+Called by the job's one query after each batch's raw_data write (`btcstream.streaming.job`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+import logging
+import time
+from typing import TYPE_CHECKING, Sequence
 
 from btcstream.names import HOURLY_COLUMNS, HOURLY_LIFECYCLE_COLUMNS, HOURLY_PARTITION_COLUMNS, RAW_PARTITION_COLUMNS
 from btcstream.streaming import transforms
@@ -32,7 +38,10 @@ from btcstream.streaming import transforms
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
+log = logging.getLogger(__name__)
+
 HOUR_KEY = ("symbol", "window_start")
+CONFLICT_RETRIES = 5
 METRIC_COLUMNS = tuple(name for name in HOURLY_COLUMNS if name not in HOUR_KEY)
 
 
@@ -47,9 +56,35 @@ class HourlyCounts:
     finalised: int  # live rows that became final
 
 
-def upsert_hours(spark: SparkSession, raw_url: str, hourly_url: str, touched: DataFrame, event_clock: datetime,
+def upsert_hours(spark: SparkSession, raw_url: str, hourly_url: str,
+                 touched: DataFrame | Sequence[tuple[str, datetime]], event_clock: datetime,
                  allowed_lateness: timedelta) -> HourlyCounts:
-    """Recompute the (symbol, window_start) hours in `touched` from raw_data and MERGE them into hourly_metrics."""
+    """Recompute the (symbol, window_start) hours in `touched` from raw_data and MERGE them into hourly_metrics.
+
+    Retried when a concurrent commit (an OPTIMIZE) conflicts with the MERGE: the recomputation is
+    idempotent, so running it again gives the same rows.
+    """
+    from delta.exceptions import DeltaConcurrentModificationException
+
+    if isinstance(touched, (list, tuple)):
+        if not touched:
+            return HourlyCounts(0, 0, 0, 0, 0)
+        touched = spark.createDataFrame(list(touched), "symbol string, window_start timestamp")
+    for attempt in range(1, CONFLICT_RETRIES + 1):
+        try:
+            return _upsert_once(spark, raw_url, hourly_url, touched, event_clock, allowed_lateness)
+        except DeltaConcurrentModificationException as conflict:
+            if attempt == CONFLICT_RETRIES:
+                raise
+            log.info("hourly upsert conflicted with a concurrent commit (%s); retrying (%d/%d)",
+                     type(conflict).__name__, attempt, CONFLICT_RETRIES)
+            time.sleep(0.2 * attempt)
+    raise AssertionError("unreachable")
+
+
+def _upsert_once(spark: SparkSession, raw_url: str, hourly_url: str, touched: DataFrame, event_clock: datetime,
+                 allowed_lateness: timedelta) -> HourlyCounts:
+    """One recomputation and MERGE of the touched hours."""
     from pyspark.sql import functions as F
 
     keys = touched.select(*HOUR_KEY).distinct().cache()
@@ -72,6 +107,7 @@ def upsert_hours(spark: SparkSession, raw_url: str, hourly_url: str, touched: Da
                  .select(*HOURLY_COLUMNS, *HOURLY_LIFECYCLE_COLUMNS, *HOURLY_PARTITION_COLUMNS)).cache()
         count = hours.count()
         table = _hourly_table(spark, hourly_url, hours)
+        before = table.history(1).select("version").collect()[0][0]
         revised = _revised(spark, hourly_url, hours)
         changed = "s.tick_count <> t.tick_count"
         (table.alias("t").merge(hours.alias("s"), " AND ".join(f"t.{k} = s.{k}" for k in HOUR_KEY))
@@ -84,7 +120,7 @@ def upsert_hours(spark: SparkSession, raw_url: str, hourly_url: str, touched: Da
          .whenNotMatchedBySourceUpdate(condition=(F.col("t.window_end") <= final_before) & ~F.col("t.is_final"),
                                        set={"is_final": F.lit(True), "updated_at": now})
          .execute())
-        metrics = table.history(1).select("operationMetrics").collect()[0][0] or {}
+        metrics = _merge_metrics(table, before)
     finally:
         keys.unpersist()
         if hours is not None:
@@ -99,6 +135,14 @@ def touched_hours(ticks: DataFrame) -> DataFrame:
     from pyspark.sql import functions as F
 
     return ticks.select("symbol", F.date_trunc("hour", "event_time").alias("window_start")).distinct()
+
+
+def _merge_metrics(table, before: int) -> dict:
+    """The operation metrics of this writer's MERGE, the first MERGE after version `before` (an
+    OPTIMIZE may have committed in between)."""
+    commits = (table.history(20).where(f"version > {before} AND operation = 'MERGE'")
+               .orderBy("version").select("operationMetrics").collect())
+    return (commits[0][0] or {}) if commits else {}
 
 
 def _in_partitions(partitions: list[tuple]):

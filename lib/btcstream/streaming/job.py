@@ -1,28 +1,24 @@
-"""Wire the streaming job: Kafka -> (quarantine, raw_data) and raw_data -> hourly_metrics, as named queries.
+"""Wire the streaming job: one query reads the tick topic once and writes every Delta table.
 
-Three queries, each with its own checkpoint under `<root>/checkpoints/`:
+The query `btcstream_ingest` (checkpoint `<root>/checkpoints/ingest`) hands each micro-batch of
+Kafka records to `IngestBatch`, which in that one batch:
 
-- `btcstream_quarantine`: Kafka -> records that fail parsing/validation -> `<root>/quarantine`
-  (Parquet, partitioned by the Kafka timestamp's UTC date).
-- `btcstream_raw`: Kafka -> valid ticks -> watermark on event_time (`allowed_lateness`) ->
-  `dropDuplicatesWithinWatermark(symbol, event_time)` (in-memory state store, see `btcstream.clients.spark`)
-  -> `enrich` -> `<root>/raw_data`
-  (Parquet, partitioned by `date` and `hour` of event_time, one file per touched hour per batch).
-  Ticks older than the watermark are dropped here and counted (`numRowsDroppedByWatermark`).
-- `btcstream_hourly`: `<root>/raw_data` as a file stream (only files committed in the raw sink's
-  `_spark_metadata` log) -> watermark -> `hourly_metrics` -> `<root>/hourly_metrics` (append:
-  one final row per symbol and hour, written once the watermark passes the hour's end;
-  partitioned by the UTC date of window_start; watermark delay `hourly_lateness`).
+1. parses every record once and writes the refused ones to `<root>/quarantine` and the valid
+   ticks, deduplicated on (symbol, event_time) against what is stored, to `<root>/raw_data`
+   (`btcstream.streaming.delta_batches`): no event-time watermark, so a tick that arrives late
+   or out of order is stored all the same and counted as late;
+2. recomputes the (symbol, hour) rows of `<root>/hourly_metrics` the batch touched from
+   raw_data and upserts them (`btcstream.streaming.hourly_upserts`): the hour in progress is a
+   live row, final once the event clock is `allowed_lateness` past its end, revised (revision+1)
+   by a tick arriving after that.
 
-Why hourly reads raw_data rather than Kafka: deduplication and the late-tick cut happen once, so
-hourly_metrics is exactly the hourly aggregation of raw_data, whatever the batch boundaries.
-The hourly watermark delay is twice `allowed_lateness` so that it does not drop ticks raw kept
-(see `hourly_lateness`); an hour is final about 2 x allowed_lateness after its end.
+Exactly once: the Kafka offsets are in the checkpoint; a batch replayed after a crash writes
+nothing twice (Delta's idempotent writes keyed by the batch id, see `delta_batches`) and its
+hourly recomputation gives the same rows. The event clock is the newest event_time stored; after
+a restart it is read back from raw_data's Delta log (file statistics, no data read).
 
-Exactly once: both Parquet sinks are Spark file sinks (a batch's files become visible only when
-its entry is written to `_spark_metadata`), the Kafka offsets and the file-source progress are in
-the checkpoints, and a re-run batch rewrites the same rows. Readers use
-`btcstream.storage.manifest` so half-written files are never read.
+Late, in the counts: a valid tick whose event_time is more than `allowed_lateness` before the event
+clock as the batch starts.
 """
 
 from __future__ import annotations
@@ -31,10 +27,10 @@ import json
 import logging
 import threading
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Iterable
 
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 
 from btcstream.clients.kafka import spark_kafka_options
@@ -42,18 +38,18 @@ from btcstream.names import (
     CHECKPOINT_FOLDERS,
     CHECKPOINTS_DIR,
     HOURLY_DATASET,
-    HOURLY_PARTITION_COLUMNS,
-    HOURLY_QUERY,
+    INGEST_QUERY,
+    INGEST_START_OFFSETS_FILE,
     QUARANTINE_DATASET,
-    QUARANTINE_PARTITION_COLUMNS,
-    QUARANTINE_QUERY,
     QUERY_NAMES,
     RAW_DATASET,
-    RAW_PARTITION_COLUMNS,
-    RAW_QUERY,
 )
 from btcstream.settings import Settings
+from btcstream.storage.filesystem import storage_filesystem, storage_path
+from btcstream.storage.layout import require_delta_layout
 from btcstream.streaming import parse, transforms
+from btcstream.streaming.delta_batches import BatchCounts, DeltaBatchWriter
+from btcstream.streaming.hourly_upserts import HourlyCounts, upsert_hours
 from btcstream.streaming.progress import ProgressWriter
 
 log = logging.getLogger(__name__)
@@ -82,7 +78,8 @@ class StreamPaths:
 
 
 def kafka_source(spark: SparkSession, settings: Settings) -> DataFrame:
-    """The tick topic as a stream: earliest offsets on the first run, then the checkpoint's.
+    """The tick topic as a stream: where `btcstream migrate` left off, else the earliest offsets, on
+    the first run; then the checkpoint's.
 
     failOnDataLoss stays true: if retention deleted offsets the job has not read yet, stopping
     loudly beats skipping ticks silently (restart from a new checkpoint to accept the loss).
@@ -91,113 +88,121 @@ def kafka_source(spark: SparkSession, settings: Settings) -> DataFrame:
             .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
             .options(**{key: str(value) for key, value in spark_kafka_options(settings).items()})
             .option("subscribe", settings.topic)
-            .option("startingOffsets", "earliest")
+            .option("startingOffsets", starting_offsets(settings))
             .option("maxOffsetsPerTrigger", str(settings.max_offsets_per_trigger))
             .option("failOnDataLoss", "true")
             .load())
 
 
-def hourly_lateness(allowed_lateness: str) -> str:
-    """The hourly query's watermark delay: twice the raw query's (e.g. "10 minutes" -> "20 minutes").
+def starting_offsets(settings: Settings) -> str:
+    """Spark's `startingOffsets` for a new checkpoint: the migrated job's offsets, or "earliest".
 
-    Why larger: Spark filters late rows with the watermark of the *previous* batch, so the raw
-    query keeps some rows that are already below its current watermark; the hourly query, which
-    reads them a trigger later, must not call them late. In live operation a batch spans seconds
-    of event time, so the extra `allowed_lateness` is a wide margin; only a catch-up whose batches
-    span more event time than that can still make it drop a row (counted in its late rows).
+    Spark uses it only when the checkpoint has no offsets yet, so it is harmless afterwards.
     """
-    count, unit = allowed_lateness.split()
-    return f"{2 * int(count)} {unit}"
-
-
-def deduplicated_ticks(ticks: DataFrame, allowed_lateness: str) -> DataFrame:
-    """Ticks with a watermark, each (symbol, event_time) kept once while within the watermark."""
-    return ticks.withWatermark("event_time", allowed_lateness).dropDuplicatesWithinWatermark(["symbol", "event_time"])
+    fs = storage_filesystem(settings)
+    path = storage_path(settings, CHECKPOINTS_DIR, INGEST_START_OFFSETS_FILE)
+    if not fs.exists(path):
+        return "earliest"
+    with fs.open(path, "rb") as handle:
+        saved = json.loads(handle.read().decode())
+    if saved.get("topic") != settings.topic or not saved.get("offsets"):
+        return "earliest"
+    return json.dumps({settings.topic: {str(partition): int(offset) for partition, offset in saved["offsets"].items()}})
 
 
 def raw_schema(spark: SparkSession):
-    """The schema of raw_data rows, derived from the transforms.
-
-    The partition columns (date, hour) stay in it: the file source fills them from the directory
-    names, and a schema without them fails its batch-schema check.
-    """
+    """The schema of raw_data rows, derived from the transforms (the partitions date, hour included)."""
     empty = spark.createDataFrame([], KAFKA_SCHEMA)
     return transforms.enrich(parse.valid_ticks(parse.classify(empty))).schema
 
 
+def lateness(text: str) -> timedelta:
+    """A Spark-style interval ("10 minutes", "30 seconds", "1 hour") as a timedelta."""
+    count, unit = text.split()
+    unit = unit.rstrip("s") + "s"
+    if unit not in ("seconds", "minutes", "hours", "days"):
+        raise ValueError(f"allowed_lateness {text!r}: expected a number and seconds, minutes, hours or days")
+    return timedelta(**{unit: float(count)})
+
+
+class IngestBatch:
+    """The query's `foreachBatch` function: quarantine + raw_data, then the touched hours, then the counts."""
+
+    def __init__(self, settings: Settings, paths: StreamPaths, progress: ProgressWriter | None = None) -> None:
+        self.paths = paths
+        self.allowed_lateness = lateness(settings.allowed_lateness)
+        # One writer id per checkpoint location: a new checkpoint restarts batch ids at 0.
+        self.writer = DeltaBatchWriter(paths.raw, paths.quarantine, app_id=f"btcstream-ingest:{paths.checkpoints[INGEST_QUERY]}")
+        self.progress = progress
+        self.event_clock: datetime | None = None  # newest event_time stored; read from the log on first use
+
+    def __call__(self, kafka_rows: DataFrame, batch_id: int) -> None:
+        clock = self.event_clock if self.event_clock is not None else newest_event_time(self.paths.raw)
+        late_before = clock - self.allowed_lateness if clock is not None else None
+        counts = self.writer(kafka_rows, batch_id, late_before=late_before)
+        if counts.newest_event_time is not None and (clock is None or counts.newest_event_time > clock):
+            clock = counts.newest_event_time
+        hourly = HourlyCounts(0, 0, 0, 0, 0)
+        if counts.hours and clock is not None:
+            hourly = upsert_hours(kafka_rows.sparkSession, self.paths.raw, self.paths.hourly, list(counts.hours),
+                                  clock, self.allowed_lateness)
+        self.event_clock = clock
+        log.debug("batch %d: %s; hourly %s", batch_id, counts, hourly)
+        if self.progress is not None:
+            self.progress.note_batch(INGEST_QUERY, batch_id, batch_counts(counts, hourly))
+
+
+def batch_counts(counts: BatchCounts, hourly: HourlyCounts) -> dict[str, int]:
+    """The counts of one batch under the progress document's names (`progress.BATCH_COUNTS`)."""
+    return {"input_rows": counts.records, "quarantined_rows": counts.quarantined, "late_rows": counts.late,
+            "inserted_rows": counts.inserted, "duplicate_rows": counts.duplicates,
+            "hourly_opened": hourly.opened, "hourly_updated": hourly.updated, "hourly_revised": hourly.revised,
+            "hourly_finalised": hourly.finalised}
+
+
+def newest_event_time(raw_url: str) -> datetime | None:
+    """The largest event_time in raw_data, from the max statistic of its files in the Delta log."""
+    from deltalake import DeltaTable
+
+    if not DeltaTable.is_deltatable(raw_url):
+        return None
+    actions = DeltaTable(raw_url).get_add_actions(flatten=True)
+    if "max.event_time" not in actions.schema.names or actions.num_rows == 0:
+        return None
+    values = [value for value in actions.column("max.event_time").to_pylist() if value is not None]
+    if not values:
+        return None
+    newest = max(values)
+    return newest.replace(tzinfo=timezone.utc) if newest.tzinfo is None else newest.astimezone(timezone.utc)
+
+
 def start_queries(spark: SparkSession, settings: Settings, *, queries: Iterable[str] = QUERY_NAMES,
                   trigger_interval_s: float | None = None) -> list[StreamingQuery]:
-    """Start the job's named queries (stopping any active query of the same name first).
+    """Start the job's query (stopping an active query of the same name first); returns it in a list.
 
-    Returns the started queries in `QUERY_NAMES` order. Progress of each batch is persisted for
-    `btcstream status` (see `btcstream.streaming.progress`).
+    Progress of each batch is persisted for `btcstream status` (see `btcstream.streaming.progress`).
+    Raises `LegacyLayout` (one line, naming `btcstream migrate`) on a storage root of the old layout.
     """
     wanted = set(queries)
     unknown = wanted - set(QUERY_NAMES)
     if unknown:
         raise ValueError(f"unknown queries {sorted(unknown)}; expected some of {QUERY_NAMES}")
+    require_delta_layout(settings)
     interval = trigger_interval_s or settings.trigger_interval_s
     paths = StreamPaths.of(settings)
     # Parquet timestamps as int64 microseconds (UTC), readable by pyarrow/DuckDB without INT96 quirks.
     spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
-    # Checkpoints made before the in-memory state store was the default keep using RocksDB: upload
-    # only each batch's changes there (snapshots in the background), for shorter batches.
-    spark.conf.set("spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled", "true")
-    _listen_for_progress(spark, settings)
+    writer = _listen_for_progress(spark, settings)
     started: list[StreamingQuery] = []
-    for name in QUERY_NAMES:
-        if name not in wanted:
-            continue
-        stop_query(spark, name)
-        writer = _writer(name, spark, settings, paths)
-        query = writer.queryName(name).trigger(processingTime=f"{interval} seconds").start()
-        log.info("started %s (id %s)", name, query.id)
+    if INGEST_QUERY in wanted:
+        stop_query(spark, INGEST_QUERY)
+        query = (kafka_source(spark, settings).writeStream
+                 .foreachBatch(IngestBatch(settings, paths, writer))
+                 .option("checkpointLocation", paths.checkpoints[INGEST_QUERY])
+                 .queryName(INGEST_QUERY).trigger(processingTime=f"{interval} seconds").start())
+        log.info("started %s (id %s)", INGEST_QUERY, query.id)
         started.append(query)
     return started
-
-
-def _writer(name: str, spark: SparkSession, settings: Settings, paths: StreamPaths):
-    """The configured DataStreamWriter of one query (not started)."""
-    if name == QUARANTINE_QUERY:
-        _, refused = parse.split(kafka_source(spark, settings))
-        refused = (refused.observe("quarantine", F.count(F.lit(1)).alias("rows"))
-                   .withColumn("date", F.to_date("kafka_timestamp")))
-        partitions = list(QUARANTINE_PARTITION_COLUMNS)
-        return _parquet_sink(_one_file_per_partition(refused, partitions), paths.quarantine, paths.checkpoints[name],
-                             partitions)
-    if name == RAW_QUERY:
-        ticks, _ = parse.split(kafka_source(spark, settings))
-        enriched = transforms.enrich(deduplicated_ticks(ticks, settings.allowed_lateness))
-        partitions = list(RAW_PARTITION_COLUMNS)
-        return _parquet_sink(_one_file_per_partition(enriched, partitions), paths.raw, paths.checkpoints[name], partitions)
-    _ensure_directory(spark, paths.raw)  # the file source needs its directory to exist
-    raw = spark.readStream.schema(raw_schema(spark)).parquet(paths.raw)
-    hourly = transforms.hourly_metrics(raw.withWatermark("event_time", hourly_lateness(settings.allowed_lateness)))
-    hourly = hourly.withColumn("date", F.to_date("window_start"))
-    partitions = list(HOURLY_PARTITION_COLUMNS)
-    return _parquet_sink(_one_file_per_partition(hourly, partitions), paths.hourly, paths.checkpoints[name], partitions)
-
-
-def _one_file_per_partition(frame: DataFrame, partitions: list[str]) -> DataFrame:
-    """Rows of one output partition directory in one task, so a batch writes one file per directory.
-
-    A tick a minute must not become several tiny files per batch. Hash-repartitioning by the
-    partition columns does that while the work before it (parsing, deduplication state, the
-    hourly aggregation) keeps all its tasks; `coalesce(1)` would have run all of it in one task.
-    """
-    return frame.repartition(*partitions)
-
-
-def _parquet_sink(frame: DataFrame, path: str, checkpoint: str, partitions: list[str]):
-    return (frame.writeStream.format("parquet").outputMode("append")
-            .option("path", path).option("checkpointLocation", checkpoint)
-            .partitionBy(*partitions))
-
-
-def _ensure_directory(spark: SparkSession, url: str) -> None:
-    jvm = spark.sparkContext._jvm
-    path = jvm.org.apache.hadoop.fs.Path(url)
-    path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).mkdirs(path)
 
 
 def stop_query(spark: SparkSession, name: str) -> None:
@@ -209,8 +214,8 @@ def stop_query(spark: SparkSession, name: str) -> None:
 
 
 def stop_queries(queries: Iterable[StreamingQuery]) -> None:
-    """Stop queries, hourly first (it reads what raw writes); a stopped batch is re-run on restart."""
-    for query in sorted(queries, key=lambda q: q.name != HOURLY_QUERY):
+    """Stop queries; a batch interrupted by the stop is re-run (exactly once) on restart."""
+    for query in queries:
         if query.isActive:
             log.info("stopping %s", query.name)
             query.stop()
@@ -257,8 +262,8 @@ _listeners: dict[int, _ProgressListener] = {}
 _listeners_lock = threading.Lock()
 
 
-def _listen_for_progress(spark: SparkSession, settings: Settings) -> None:
-    """One listener per session; its writers follow the storage root of the latest start."""
+def _listen_for_progress(spark: SparkSession, settings: Settings) -> ProgressWriter:
+    """One listener per session; its writer follows the storage root of the latest start."""
     with _listeners_lock:
         key = id(spark)
         if key not in _listeners:
@@ -268,3 +273,4 @@ def _listen_for_progress(spark: SparkSession, settings: Settings) -> None:
         writer = ProgressWriter(settings)
         for name in QUERY_NAMES:
             _listeners[key].writers[name] = writer
+        return writer

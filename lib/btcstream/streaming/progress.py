@@ -1,9 +1,11 @@
 """Persist each streaming query's progress where another process (`btcstream status`) can read it.
 
 After every micro-batch the job writes `<root>/checkpoints/progress/<query name>.json`: Spark's
-latest `StreamingQueryProgress` plus running totals (input rows, late rows dropped by the
-watermark, quarantined rows) and the last `HISTORY_BATCHES` batch summaries. Totals are counted
-once per batch id, so a batch that is re-run after a crash is not counted twice. The file is
+latest `StreamingQueryProgress` plus running totals and the last `HISTORY_BATCHES` batch
+summaries. The counts come from the job's batch function (`note_batch`, see `BATCH_COUNTS`):
+records read, quarantined, late ticks (stored, counted), ticks inserted into raw_data, duplicates
+skipped, hourly rows opened / updated / revised / finalised. Totals are counted once per batch
+id, so a batch that is re-run after a crash is not counted twice. The file is
 replaced atomically (write, then rename). Not for: exactly-once data (the sinks own that).
 """
 
@@ -26,6 +28,12 @@ log = logging.getLogger(__name__)
 
 HISTORY_BATCHES = 100
 
+# The per-batch counts the job notes (`ProgressWriter.note_batch`) and the totals sum.
+BATCH_COUNTS: tuple[str, ...] = (
+    "input_rows", "quarantined_rows", "late_rows", "inserted_rows", "duplicate_rows",
+    "hourly_opened", "hourly_updated", "hourly_revised", "hourly_finalised",
+)
+
 
 def progress_path(settings: Settings, query_name: str) -> str:
     """Where the progress of `query_name` lives (a path of `storage_filesystem(settings)`)."""
@@ -42,41 +50,36 @@ def read_progress(settings: Settings, query_name: str) -> dict[str, Any] | None:
         return json.loads(handle.read().decode())
 
 
-def late_rows(progress: dict[str, Any]) -> int:
-    """Rows a batch's stateful operators dropped because they were older than the watermark."""
-    return sum(int(op.get("numRowsDroppedByWatermark") or 0) for op in progress.get("stateOperators") or [])
-
-
-def observed(progress: dict[str, Any], name: str, metric: str) -> int:
-    """An `observe()`d metric of a batch, 0 when absent."""
-    value = ((progress.get("observedMetrics") or {}).get(name) or {}).get(metric)
-    return int(value or 0)
-
-
-def batch_summary(progress: dict[str, Any]) -> dict[str, Any]:
-    """The few numbers of one batch worth keeping in the history."""
-    return {
+def batch_summary(progress: dict[str, Any], counts: dict[str, int] | None = None) -> dict[str, Any]:
+    """The few numbers of one batch worth keeping in the history: timing plus the job's counts."""
+    counts = counts or {}
+    summary: dict[str, Any] = {
         "batch_id": progress.get("batchId"),
         "timestamp": progress.get("timestamp"),
-        "input_rows": int(progress.get("numInputRows") or 0),
-        "late_rows": late_rows(progress),
-        "quarantined_rows": observed(progress, "quarantine", "rows"),
         "duration_ms": (progress.get("durationMs") or {}).get("triggerExecution"),
-        "watermark": (progress.get("eventTime") or {}).get("watermark"),
     }
+    for key in BATCH_COUNTS:
+        summary[key] = int(counts.get(key, 0))
+    summary["input_rows"] = int(counts.get("input_rows", progress.get("numInputRows") or 0))
+    return summary
 
 
-def merge(document: dict[str, Any] | None, progress: dict[str, Any]) -> dict[str, Any]:
+def empty_document() -> dict[str, Any]:
+    """The progress document of a query before its first batch."""
+    return {"totals": {"batches": 0, **{key: 0 for key in BATCH_COUNTS}}, "history": [], "last_batch_id": -1}
+
+
+def merge(document: dict[str, Any] | None, progress: dict[str, Any],
+          counts: dict[str, int] | None = None) -> dict[str, Any]:
     """The progress document after one more batch (a batch id already counted adds nothing to totals)."""
-    document = document or {"totals": {"batches": 0, "input_rows": 0, "late_rows": 0, "quarantined_rows": 0},
-                            "history": [], "last_batch_id": -1}
+    document = document or empty_document()
     batch_id = int(progress.get("batchId", -1))
-    summary = batch_summary(progress)
+    summary = batch_summary(progress, counts)
     if batch_id > document["last_batch_id"]:
         totals = document["totals"]
-        totals["batches"] += 1
-        for key in ("input_rows", "late_rows", "quarantined_rows"):
-            totals[key] += summary[key]
+        totals["batches"] = totals.get("batches", 0) + 1
+        for key in BATCH_COUNTS:
+            totals[key] = totals.get(key, 0) + summary[key]
         document["last_batch_id"] = batch_id
     document["history"] = ([h for h in document["history"] if h["batch_id"] != batch_id] + [summary])[-HISTORY_BATCHES:]
     document["latest"] = progress
@@ -91,7 +94,13 @@ class ProgressWriter:
         self.settings = settings
         self._fs: fsspec.AbstractFileSystem = storage_filesystem(settings)
         self._documents: dict[str, dict[str, Any] | None] = {}
+        self._counts: dict[tuple[str, int], dict[str, int]] = {}  # (query, batch id) -> counts noted
         self._lock = threading.Lock()
+
+    def note_batch(self, name: str, batch_id: int, counts: dict[str, int]) -> None:
+        """Keep what the job's batch function counted until Spark reports that batch's progress."""
+        with self._lock:
+            self._counts[(name, batch_id)] = dict(counts)
 
     def record(self, progress: dict[str, Any]) -> None:
         """Fold one `StreamingQueryProgress` (as a dict) into its query's document and persist it."""
@@ -101,7 +110,8 @@ class ProgressWriter:
         with self._lock:
             if name not in self._documents:
                 self._documents[name] = read_progress(self.settings, name)
-            document = merge(self._documents[name], progress)
+            counts = self._counts.pop((name, int(progress.get("batchId", -1))), None)
+            document = merge(self._documents[name], progress, counts)
             self._documents[name] = document
             self._write(progress_path(self.settings, name), document)
 

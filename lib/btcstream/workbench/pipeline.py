@@ -20,7 +20,7 @@ import pandas as pd
 
 from btcstream.errors import PipelineError
 from btcstream.exchange import DEFAULT_REPLAY_SPEED
-from btcstream.names import HOURLY_QUERY, SOURCES
+from btcstream.names import SOURCES
 from btcstream.settings import Settings
 
 if TYPE_CHECKING:  # pyspark loads when the pipeline starts, not when this module is imported
@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 PRODUCER_JOIN_TIMEOUT_S = 60.0
 PROGRESS_COLUMNS = ("query", "running_s", "batch", "input_rows", "input_rows_per_s", "processed_rows_per_s",
-                    "batch_ms", "watermark", "late_rows", "active")
+                    "batch_ms", "inserted_rows", "late_rows", "quarantined_rows", "active")
+PROGRESS_TOTALS = ("inserted_rows", "late_rows", "quarantined_rows")  # since the query's checkpoint began
 
 
 @dataclass
@@ -54,24 +55,25 @@ class Pipeline:
     stopped: bool = False
 
     def progress(self) -> pd.DataFrame:
-        """One row per query: seconds since the start, its latest batch, rates, batch time, watermark, late rows."""
-        from btcstream.streaming.progress import late_rows
+        """One row per query: seconds since the start, its latest batch, rates, batch time, and the
+        totals of ticks stored, late ticks (stored too) and quarantined records."""
+        from btcstream.streaming.progress import read_progress
 
         rows = []
         running_s = round(time.monotonic() - self.started_at)
         for query in self.queries:
             last = query.lastProgress or {}
+            totals = (read_progress(self.settings, query.name) or {}).get("totals", {})
             rows.append({
                 "query": query.name, "running_s": running_s, "batch": last.get("batchId"),
                 "input_rows": last.get("numInputRows"),
                 "input_rows_per_s": _rounded(last.get("inputRowsPerSecond")),
                 "processed_rows_per_s": _rounded(last.get("processedRowsPerSecond")),
                 "batch_ms": (last.get("durationMs") or {}).get("triggerExecution"),
-                "watermark": (last.get("eventTime") or {}).get("watermark"),
-                "late_rows": late_rows(last) if last else 0, "active": query.isActive,
+                **{name: totals.get(name, 0) for name in PROGRESS_TOTALS}, "active": query.isActive,
             })
         table = pd.DataFrame(rows, columns=list(PROGRESS_COLUMNS))
-        for counter in ("batch", "input_rows", "batch_ms", "late_rows"):
+        for counter in ("batch", "input_rows", "batch_ms", *PROGRESS_TOTALS):
             table[counter] = table[counter].astype("Int64")  # a query without a batch yet shows <NA>
         return table
 
@@ -121,8 +123,7 @@ class Pipeline:
                 log.error("the producer did not stop within %.0f s", PRODUCER_JOIN_TIMEOUT_S)
         try:
             if drain:
-                # Raw and quarantine first (they read Kafka), then hourly (it reads what raw committed).
-                for query in sorted(self.queries, key=lambda q: q.name == HOURLY_QUERY):
+                for query in self.queries:
                     if query.isActive:
                         log.info("draining %s", query.name)
                         query.processAllAvailable()
@@ -195,8 +196,8 @@ def _produce(pipeline: Pipeline) -> None:
 def _resume_point(settings: Settings) -> datetime | None:
     """Where a replay continues: just after the newest stored tick, so a second run adds new hours.
 
-    Replaying the same hours again would be pointless: the job's checkpointed watermark is past
-    them (they would be dropped as late) and deduplication would drop them anyway.
+    Replaying the same hours again would be pointless: raw_data keeps each (symbol, event_time)
+    once, so the replayed ticks would only be counted as duplicates.
     """
     from btcstream.storage.readers import latest_time
 

@@ -3,6 +3,8 @@
 Every function takes the frame a reader returns (`btcstream.storage.readers`) and only draws it:
 the numbers are computed by the streaming job, so what a chart shows is exactly what is stored.
 Several symbols share a figure, each in one colour across every figure; time axes are UTC.
+An hour still in progress (`is_final` false: the job updates it as ticks arrive) is drawn as a
+hollow marker, in a legend entry of its own, so a live value is never taken for a final one.
 Not for: reading data or computing metrics.
 """
 
@@ -20,6 +22,7 @@ TEMPLATE = "plotly_white"
 PALETTE: tuple[str, ...] = ("#f7931a", "#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 TIME_AXIS_TITLE = "hour (UTC)"
 HOURLY_REQUIRED = ("symbol", "window_start")
+PROVISIONAL = "hour in progress (provisional)"
 
 
 def symbol_colors(symbols: Sequence[str]) -> dict[str, str]:
@@ -91,15 +94,17 @@ def spread_vs_volatility(hourly: pd.DataFrame) -> go.Figure:
 
 
 def summary_table(hourly: pd.DataFrame) -> pd.DataFrame:
-    """Per symbol: hours covered, first/last hour, ticks, and mean/max of spread and volatility."""
+    """Per symbol: hours covered (of which still provisional), first/last hour, ticks, and mean/max of
+    spread and volatility."""
     _require(hourly, ("avg_spread", "avg_spread_bps", "realized_volatility", "high_price", "low_price", "tick_count"))
     if hourly.empty:
-        return pd.DataFrame(columns=["hours", "first_hour_utc", "last_hour_utc", "ticks", "mean_spread",
+        return pd.DataFrame(columns=["hours", "provisional_hours", "first_hour_utc", "last_hour_utc", "ticks", "mean_spread",
                                      "mean_spread_bps", "max_spread_bps", "mean_volatility", "max_volatility",
                                      "low_price", "high_price"])
     grouped = hourly.groupby("symbol")
     table = pd.DataFrame({
         "hours": grouped["window_start"].count(),
+        "provisional_hours": provisional(hourly).groupby(hourly["symbol"]).sum().astype(int),
         "first_hour_utc": grouped["window_start"].min(),
         "last_hour_utc": grouped["window_start"].max(),
         "ticks": grouped["tick_count"].sum(),
@@ -154,7 +159,20 @@ def _time_lines(figure: go.Figure, hourly: pd.DataFrame, panels: Sequence[tuple[
             figure.add_trace(go.Scatter(x=rows["window_start"], y=rows[column], name=symbol, mode="lines+markers",
                                         line=dict(color=colors[symbol], width=2), marker=dict(size=4),
                                         legendgroup=symbol, showlegend=row == 1), row=row, col=1)
+            live = provisional(rows)
+            if live.any():
+                figure.add_trace(go.Scatter(
+                    x=rows.loc[live, "window_start"], y=rows.loc[live, column], name=f"{symbol} {PROVISIONAL}",
+                    mode="markers", marker=dict(color=colors[symbol], size=11, symbol="circle-open", line=dict(width=2)),
+                    legendgroup=symbol, showlegend=row == 1), row=row, col=1)
         figure.update_yaxes(title_text=title, tickformat=tick_format, row=row, col=1)
+
+
+def provisional(hourly: pd.DataFrame) -> pd.Series:
+    """True for the rows of hours still in progress (`is_final` false); all False for frames without the column."""
+    if "is_final" not in hourly.columns:
+        return pd.Series(False, index=hourly.index)
+    return ~hourly["is_final"].fillna(True).astype(bool)
 
 
 def _by_symbol(hourly: pd.DataFrame):
