@@ -27,7 +27,7 @@ from btcstream import resources
 from btcstream.infra.artifacts import COMPONENTS
 from btcstream.settings import Settings
 from btcstream.workbench.report import HOURLY_NOTEBOOK, NOTEBOOKS, PLOTLY_JS_FILE, STYLESHEET_FILE
-from helpers.file_sink import write_file_sink
+from helpers.delta_tables import write_table
 from helpers.hourly import hourly_frame
 
 REPO = Path(__file__).resolve().parents[2]
@@ -158,7 +158,7 @@ def test_installed_package_finds_its_data_in_site_packages(installed: Installed)
 @pytest.mark.install
 def test_installed_report_runs_from_another_directory(installed: Installed, tmp_path: Path) -> None:
     store = tmp_path / "store"
-    write_file_sink(store / "hourly_metrics", hourly_frame(hours=5), "window_start")
+    write_table(Settings(storage_root=f"file://{store}"), "hourly_metrics", hourly_frame(hours=5))
 
     done = installed.run("btcstream", "report", "--only", "03", settings={"storage_root": f"file://{store}"},
                          timeout=REPORT_TIMEOUT_S)

@@ -1,6 +1,6 @@
 """Notebooks executed by papermill; assertions on what they produced, not merely that they ran.
 
-`test_hourly_notebook_draws_stored_metrics` runs notebook 03 over a file-sink dataset written here;
+`test_hourly_notebook_draws_stored_metrics` runs notebook 03 over a Delta table written here;
 the integration tests run 01 -> 02 -> 03 against the real local stack (Kafka, HDFS, Spark).
 """
 
@@ -19,7 +19,7 @@ from btcstream.workbench.report import (HOURLY_NOTEBOOK, NOTEBOOK_DIR, NOTEBOOKS
                                         build_report)
 from btcstream.settings import Settings
 from btcstream.storage.readers import read_hourly_metrics
-from helpers.file_sink import write_file_sink
+from helpers.delta_tables import write_stray_file, write_table
 from helpers.hourly import hourly_frame
 
 pytestmark = pytest.mark.notebook
@@ -76,8 +76,8 @@ def test_notebooks_are_thin_stripped_and_documented(name: str) -> None:
 def test_hourly_notebook_draws_stored_metrics(tmp_path: Path) -> None:
     root = f"file://{tmp_path}/store"
     written = hourly_frame(hours=5)
-    write_file_sink(tmp_path / "store/hourly_metrics", written, "window_start",
-                    uncommitted=written.head(2).assign(avg_spread=99.0))
+    write_table(Settings(storage_root=root), "hourly_metrics", written)
+    write_stray_file(Settings(storage_root=root), "hourly_metrics", written.head(2).assign(avg_spread=99.0))
 
     (run,) = build_report({HOURLY_NOTEBOOK: {"storage_root": root, "symbols": ""}}, [HOURLY_NOTEBOOK], tmp_path / "out")
 
@@ -85,7 +85,7 @@ def test_hourly_notebook_draws_stored_metrics(tmp_path: Path) -> None:
     shown = figures(run.executed)
     assert len(shown) == 4
     stored = read_hourly_metrics(Settings(storage_root=root))
-    assert len(stored) == len(written)  # the uncommitted file is not among them
+    assert len(stored) == len(written)  # the file no commit names is not among them
     assert_spread_volatility_figure_matches(shown[0], stored)
     assert_offline_html(run.html, figure_count=4)
     assert "BTCUSDT" in run.html.read_text() and (tmp_path / "out/index.html").exists()
@@ -95,7 +95,7 @@ def test_report_command_passes_parameters_to_one_notebook(tmp_path: Path, capsys
     from btcstream.cli import main
 
     root = f"file://{tmp_path}/store"
-    write_file_sink(tmp_path / "store/hourly_metrics", hourly_frame(hours=6), "window_start")
+    write_table(Settings(storage_root=root), "hourly_metrics", hourly_frame(hours=6))
 
     code = main(["report", "--only", "03", "--output-dir", str(tmp_path / "out"), "-p", "03", "storage_root", root,
                  "-p", "03", "symbols", "ethusdt", "-p", "03", "start", "2025-02-14T23:00",
