@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 DRIVER_TIMEOUT_S = 420
 FIRST_TICK = datetime(2025, 2, 14, 10, 0, tzinfo=timezone.utc)
 TICK_EVERY = timedelta(minutes=5)
-TICK_COUNT = 42  # 10:00 .. 13:25: the watermark (10 min lateness) closes hours 10, 11 and 12
+TICK_COUNT = 42  # 10:00 .. 13:25: hours 10, 11 and 12 final (10 min lateness), 13 in progress
 
 
 @pytest.fixture(scope="module")
@@ -126,15 +126,15 @@ STREAMING_JOB = """
     spark = spark_session(settings, sys.argv[3])
 
     def committed_rows(dataset):
-        try:  # a file sink's directory read by Spark lists only files committed in _spark_metadata
-            return spark.read.parquet(settings.storage_url(dataset)).count()
+        try:  # the Delta table's current version
+            return spark.read.format("delta").load(settings.storage_url(dataset)).count()
         except Exception:  # not created yet
             return 0
 
     queries = job.start_queries(spark, settings, trigger_interval_s=1.0)
     started = time.monotonic()
     try:
-        # The hourly rows of closed hours appear one batch after the watermark passes their end.
+        # Every hour has a row as soon as its first tick is stored (the hour in progress too).
         while committed_rows(names.HOURLY_DATASET) < expected_hours and time.monotonic() - started < timeout_s:
             for query in queries:
                 query.processAllAvailable()
@@ -147,7 +147,7 @@ STREAMING_JOB = """
                       "quarantine": committed_rows(names.QUARANTINE_DATASET)}))
     spark.stop()
 """
-CLOSED_HOURS = 3  # 10:00, 11:00, 12:00; 13:00 stays open (watermark 13:15)
+HOURS = 4  # 10:00, 11:00, 12:00 final; 13:00 live (the event clock, 13:25, is within its end + 10 min)
 
 
 def test_streaming_job_on_standalone_writes_the_same_hourly_metrics_as_local(standalone, test_settings):
@@ -160,22 +160,24 @@ def test_streaming_job_on_standalone_writes_the_same_hourly_metrics_as_local(sta
     runs = {"local": test_settings.replace(spark_master="local[2]", storage_root=test_settings.storage_url("local")),
             "cluster": test_settings.replace(spark_master=standalone.master_url,
                                              storage_root=test_settings.storage_url("cluster"))}
-    results = {label: run_driver(STREAMING_JOB, settings, str(CLOSED_HOURS), "300", f"btcstream-stream-{label}")
+    results = {label: run_driver(STREAMING_JOB, settings, str(HOURS), "300", f"btcstream-stream-{label}")
                for label, settings in runs.items()}
     print("cluster-mode runs:", results)
 
     assert results["cluster"]["master"] == standalone.master_url and results["cluster"]["executors"] == 1
     assert results["local"]["master"] == "local[2]" and results["local"]["executors"] == 0
     for label, result in results.items():
-        assert (result["raw"], result["hourly"], result["quarantine"]) == (len(records), CLOSED_HOURS, 0), label
+        assert (result["raw"], result["hourly"], result["quarantine"]) == (len(records), HOURS, 0), label
     assert "btcstream-stream-cluster" in standalone.status().completed_apps
 
     def hourly(settings: Settings) -> pd.DataFrame:
-        return read_hourly_metrics(settings).sort_values(["symbol", "window_start"]).reset_index(drop=True)
+        frame = read_hourly_metrics(settings).sort_values(["symbol", "window_start"]).reset_index(drop=True)
+        return frame.drop(columns=["updated_at"])  # when each run wrote the row
 
     local, cluster = hourly(runs["local"]), hourly(runs["cluster"])
-    assert list(cluster["window_start"]) == [FIRST_TICK + timedelta(hours=h) for h in range(CLOSED_HOURS)]
-    assert list(cluster["tick_count"]) == [12] * CLOSED_HOURS
+    assert list(cluster["window_start"]) == [FIRST_TICK + timedelta(hours=h) for h in range(HOURS)]
+    assert list(cluster["tick_count"]) == [12, 12, 12, 6]
+    assert list(cluster["is_final"]) == [True, True, True, False]
     pd.testing.assert_frame_equal(cluster, local, check_exact=False, rtol=1e-12)
     raw_local, raw_cluster = (read_raw_ticks(runs[label]).sort_values("event_time").reset_index(drop=True)
                               for label in ("local", "cluster"))
