@@ -306,6 +306,17 @@ def test_data_commands_print_rows_history_and_time_travel(settings: Settings, ca
     assert list(table_history(settings, "hourly_metrics")["rows_added"]) == [2, 6]
 
 
+def test_unreachable_hdfs_is_one_line_naming_the_table(capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    from btcstream.cli import main
+
+    monkeypatch.setenv("BTCSTREAM_STORAGE_ROOT", "hdfs://localhost:1/nothing-listens-here")
+    for command in (["data", "head", "raw_data"], ["data", "hourly"], ["data", "history", "quarantine"]):
+        assert main(command) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "hdfs://localhost:1/nothing-listens-here/" in err, err
+        assert "Connection refused" in err and "\x1b[" not in err and "btcstream infra status" in err
+
+
 def test_naive_or_reversed_ranges_are_refused() -> None:
     with pytest.raises(StorageReadError):
         TimeRange(datetime(2025, 1, 1))

@@ -19,6 +19,7 @@ Not for: writing, or computing metrics (the streaming job does that; plots only 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Iterable, Literal, Sequence, Union
@@ -336,14 +337,29 @@ class _storage_errors:
     def __exit__(self, kind, error, traceback) -> bool:
         from deltalake.exceptions import DeltaError
 
-        if error is not None and isinstance(error, (DeltaError, OSError)):
+        if isinstance(error, DeltaError):
             raise StorageReadError(f"{self.url}: cannot read the Delta table: {_first_line(error)}") from error
+        if isinstance(error, FileNotFoundError):
+            raise StorageReadError(f"{self.url}: a file of the table version being read is gone ({_first_line(error)}): "
+                                   f"read again (VACUUM removes files of old versions)") from error
+        if isinstance(error, OSError):
+            raise StorageReadError(f"{self.url}: the storage did not answer: {_first_line(error)}; check that it "
+                                   f"runs and is reachable (`btcstream infra status` for the local stack)") from error
         return False
 
 
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def _first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return " ".join(lines[:3]) if lines else type(error).__name__  # delta-rs puts the cause on lines 2-3
+    """delta-rs' message in one line: its cause chain (one "↳" line each) joined, colours and backtrace dropped."""
+    lines = []
+    for line in _ANSI_ESCAPE.sub("", str(error)).splitlines():
+        line = line.strip().lstrip("↳").strip()
+        if not line or re.match(r"^\d+: |^at ", line):  # a backtrace frame
+            continue
+        lines.append(line)
+    return ": ".join(lines[:4]) if lines else type(error).__name__
 
 
 # --- scans -------------------------------------------------------------------------------------------
@@ -465,7 +481,7 @@ def _scan_duckdb(dataset: pa_dataset.FileSystemDataset, time_column: str | None,
     try:
         connection.execute("SET TimeZone = 'UTC'")
         connection.register("delta_rows", dataset)
-        return connection.execute(query, parameters).df()
+        return connection.sql(query, params=parameters).to_arrow_table().to_pandas()
     finally:
         connection.close()
 
