@@ -17,7 +17,8 @@ from btcstream.errors import BtcstreamError
 from btcstream.settings import load_settings
 
 # Add a command by writing btcstream/commands/<name>.py with register() and listing it here.
-COMMAND_MODULES = ("infra", "demo", "data", "exchange", "produce", "report", "stream", "status", "compact", "lab")
+COMMAND_MODULES = ("infra", "demo", "data", "exchange", "produce", "report", "stream", "status", "compact", "migrate",
+                   "lab")
 
 
 def build_parser() -> argparse.ArgumentParser:
