@@ -1,7 +1,7 @@
-"""The platform end to end: kafka-python -> Kafka -> Spark's Kafka source -> Parquet on HDFS -> WebHDFS.
+"""The platform end to end: kafka-python -> Kafka -> Spark's Kafka source -> a Delta table on HDFS -> delta-rs.
 
-The reading side runs in a separate Python process that never starts a JVM (fsspec WebHDFS +
-pyarrow), as notebooks and `btcstream data` do.
+The reading side runs in a separate Python process that never starts a JVM (delta-rs over HDFS
+RPC + pyarrow), as notebooks and `btcstream data` do.
 """
 
 from __future__ import annotations
@@ -23,14 +23,11 @@ MESSAGES = [(f"BTCUSDT-{i}".encode(), json.dumps({"n": i, "bid_price": 97000.0 +
 _JVM_FREE_READER = """
 import json, sys
 from btcstream.settings import Settings
-from btcstream.storage.filesystem import read_parquet, storage_filesystem, storage_path
-from btcstream.storage.manifest import committed_files
+from deltalake import DeltaTable
 settings = Settings(storage_root=sys.argv[1])
-fs = storage_filesystem(settings)
-files = committed_files(fs, storage_path(settings, "roundtrip"))
-rows = []
-for path in files:
-    rows += read_parquet(fs, path).to_pylist()
+table = DeltaTable(settings.storage_url("roundtrip"))
+files = table.file_uris()
+rows = table.to_pyarrow_table(columns=["value"]).to_pylist()
 assert "pyspark" not in sys.modules and "py4j" not in sys.modules
 print(json.dumps({"files": files, "values": sorted(r["value"] for r in rows)}))
 """
@@ -62,7 +59,7 @@ def test_message_round_trips_through_kafka_and_survives_a_broker_restart(
     assert sorted(_consume_all(local_stack, fresh_topic)) == sorted(v for _, v in MESSAGES)
 
 
-def test_spark_reads_kafka_and_writes_parquet_on_hdfs_read_back_without_a_jvm(
+def test_spark_reads_kafka_and_writes_delta_on_hdfs_read_back_without_a_jvm(
         test_settings: Settings) -> None:
     _produce(test_settings, test_settings.topic)
     spark = spark_session(test_settings.replace(spark_master="local[2]"), "platform-roundtrip")
@@ -73,11 +70,11 @@ def test_spark_reads_kafka_and_writes_parquet_on_hdfs_read_back_without_a_jvm(
              .selectExpr("CAST(key AS STRING) AS key", "CAST(value AS STRING) AS value", "partition", "offset"))
     target = test_settings.storage_url("roundtrip")
     assert target.startswith("hdfs://localhost:9000/")
-    frame.write.mode("overwrite").parquet(target)
-    assert spark.read.parquet(target).count() == len(MESSAGES)
+    frame.write.format("delta").mode("overwrite").save(target)
+    assert spark.read.format("delta").load(target).count() == len(MESSAGES)
 
-    # Several short reader processes: each must also *exit* cleanly. Arrow threads reading an fsspec
-    # WebHDFS file object aborted about 1 process in 5 at interpreter exit (see read_parquet).
+    # Several short reader processes: each must also *exit* cleanly (Arrow threads still busy at
+    # interpreter exit once aborted about 1 process in 5, see storage.filesystem.read_parquet).
     for _ in range(8):
         done = subprocess.run([sys.executable, "-c", _JVM_FREE_READER, test_settings.storage_root],
                               capture_output=True, text=True, timeout=120)
