@@ -279,30 +279,36 @@ def table_version(settings: Settings, dataset: str, as_of: AsOf = None) -> int |
 
 def _travel(table: DeltaTable, url: str, as_of: int | datetime) -> None:
     """Load `as_of` into `table` (at its newest version), or raise naming the versions the table has."""
+    from deltalake import DeltaTable
+
     newest = table.version()
     if isinstance(as_of, int):
         if as_of > newest:
-            raise StorageReadError(f"{url} has no version {as_of}: {_history_range(table)}")
+            raise StorageReadError(f"{url} has no version {as_of}: {_history_range(url)}")
         try:
             table.load_as_version(as_of)
         except Exception as error:  # the log of that version was cleaned up
             raise StorageReadError(f"{url} cannot load version {as_of} ({_first_line(error)}): "
-                                   f"{_history_range(table)}") from None
+                                   f"{_history_range(url)}") from None
         return
     if as_of > datetime.now(timezone.utc):
-        raise StorageReadError(f"as_of {as_of.isoformat()} is in the future: {_history_range(table)}")
-    history = table.history()  # newest first; read before loading: delta-rs labels it by the loaded version
+        raise StorageReadError(f"as_of {as_of.isoformat()} is in the future: {_history_range(url)}")
     table.load_as_version(as_of)
-    version = table.version()
-    committed = _commit_time(history, version)
-    # delta-rs resolves a time before the first commit to the oldest version it still has: refuse it.
-    if committed is not None and committed > as_of:
-        raise StorageReadError(f"{url} did not exist yet at {as_of.isoformat()}: {_range_text(history)}")
+    if table.version() == 0:
+        # delta-rs resolves a time before the first commit to version 0: refuse that. (A later
+        # version was committed at or before `as_of`, its predecessor existing; the history, one
+        # read per commit, is only read here. delta-rs labels it by the loaded version: read the newest.)
+        history = DeltaTable(url).history()
+        committed = _commit_time(history, 0)
+        if committed is not None and committed > as_of:
+            raise StorageReadError(f"{url} did not exist yet at {as_of.isoformat()}: {_range_text(history)}")
 
 
-def _history_range(table: DeltaTable) -> str:
-    """'versions 0..7, committed <first> .. <last> UTC' of a table loaded at its newest version."""
-    return _range_text(table.history())
+def _history_range(url: str) -> str:
+    """'it has versions 0..7, committed <first> .. <last> UTC' (reads the whole history: error paths only)."""
+    from deltalake import DeltaTable
+
+    return _range_text(DeltaTable(url).history())
 
 
 def _range_text(history: list[dict]) -> str:
