@@ -45,9 +45,10 @@ def test_a_classified_failure_keeps_exit_2(monkeypatch, capsys) -> None:
     assert capsys.readouterr().err.strip() == "btcstream: error: hdfs://x/raw_data does not exist"
 
 
-def test_unreadable_quarantine_rows_give_one_line_not_a_traceback(tmp_path: Path, monkeypatch, capsys) -> None:
-    """A quarantined record of invalid UTF-8 stored in a string column (the file-sink layout) makes
-    DuckDB and pyarrow fail; `data head quarantine` still ends in one line."""
+def test_a_quarantine_of_the_old_layout_gives_one_line_naming_migrate(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A quarantined record of invalid UTF-8 stored in a string column (the old file-sink layout)
+    made DuckDB and pyarrow fail with a traceback; now such a root is named, in one line, with the
+    command that imports it into Delta tables (which keep the bytes in a binary column)."""
     import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -68,5 +69,19 @@ def test_unreadable_quarantine_rows_give_one_line_not_a_traceback(tmp_path: Path
     code = cli.main(["data", "head", "quarantine"])
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 1 and "Traceback" not in err
-    assert len(lines) == 1 and lines[0].startswith("btcstream: error:") and "UTF8" in lines[0].replace("-", "")
+    assert code == 2 and "Traceback" not in err
+    assert len(lines) == 1 and lines[0].startswith("btcstream: error:") and "`btcstream migrate`" in lines[0]
+
+
+def test_a_jvm_failure_is_reported_by_its_java_exception() -> None:
+    """py4j's own first line ("An error occurred while calling o132.start.") names nothing useful."""
+    class JavaException:
+        def toString(self) -> str:  # noqa: N802 (the JVM's name)
+            return "java.net.ConnectException: Call From vm to localhost:9000 failed\n\tat org.apache.hadoop..."
+
+    class Py4JJavaError(Exception):
+        java_exception = JavaException()
+
+    error = Py4JJavaError("An error occurred while calling o132.start.\n: java.net.ConnectException: ...")
+    assert cli.one_line(error) == "java.net.ConnectException: Call From vm to localhost:9000 failed"
+    assert cli.one_line(ValueError("bad value\nmore")) == "ValueError: bad value"
