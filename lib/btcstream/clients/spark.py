@@ -75,10 +75,10 @@ def spark_session(settings: Settings, app_name: str = "btcstream", *, with_kafka
         .config("spark.executor.extraJavaOptions", "-Duser.timezone=UTC")
         .config("spark.sql.shuffle.partitions", str(shuffle_partitions(settings.spark_master)))
         .config("spark.ui.showConsoleProgress", "false")
-        # The job's state is small and bounded by its watermarks (ticks of the last minutes for
-        # deduplication, open hours for the aggregation), so the in-memory provider fits and is
-        # faster than RocksDB at draining a backlog (bench/results/state_store.md). A checkpoint
-        # keeps the provider it was created with (Spark records it in the offset log).
+        # Stateful queries here (notebook 02's windowed views; the job itself keeps no state: it
+        # deduplicates against the Delta table) hold little state, bounded by their watermarks,
+        # so the in-memory provider fits and was faster than RocksDB (bench/results/state_store.md).
+        # A checkpoint keeps the provider it was created with (Spark records it in the offset log).
         .config("spark.sql.streaming.stateStore.providerClass",
                 "org.apache.spark.sql.execution.streaming.state.HDFSBackedStateStoreProvider")
         # A partitioned file write keeps up to 16 files open per task instead of sorting the task's
