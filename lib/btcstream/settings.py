@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from datetime import timedelta
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Mapping
@@ -96,6 +97,12 @@ class Settings:
     def storage_path(self) -> str:
         """The path part of the storage root, e.g. `/bitcoin`."""
         return urlparse(self.storage_root).path.rstrip("/") or "/"
+
+    @property
+    def allowed_lateness_span(self) -> timedelta:
+        """`allowed_lateness` ("10 minutes", validated on load) as a timedelta."""
+        count, unit = self.allowed_lateness.split()
+        return timedelta(**{unit.rstrip("s") + "s": int(count)})
 
     def storage_url(self, *parts: str) -> str:
         """A URL under the storage root: `storage_url("raw_data")` -> `hdfs://.../bitcoin/raw_data`."""

@@ -103,7 +103,8 @@ class DeltaBatchWriter:
                 self._append_quarantine(parse.quarantined(rows), batch_id)
             enriched = transforms.enrich(rows.where(F.col("reason").isNull()).select(*FIELD_NAMES))
             write_raw = self._merge_raw if self.raw_strategy == "merge" else self._append_new_raw
-            inserted = write_raw(enriched, batch_id) if valid else 0
+            partitions = {(start.date().isoformat(), start.hour) for _, start in hours}
+            inserted = write_raw(enriched, batch_id, partitions) if valid else 0
         finally:
             rows.unpersist()
         return BatchCounts(batch_id, records, quarantined, valid, inserted, late, newest, hours)
@@ -130,7 +131,7 @@ class DeltaBatchWriter:
          .write.format("delta").mode("append").partitionBy(*QUARANTINE_PARTITION_COLUMNS)
          .option("txnAppId", self.app_id).option("txnVersion", batch_id).save(self.quarantine_url))
 
-    def _append_new_raw(self, enriched: DataFrame, batch_id: int) -> int:
+    def _append_new_raw(self, enriched: DataFrame, batch_id: int, touched: set[tuple[str, int]]) -> int:
         """Keys inserted: the batch's ticks minus those already stored, as one idempotent append.
 
         Only the batch's (date, hour) partitions that already hold files (read from the Delta log)
@@ -143,8 +144,6 @@ class DeltaBatchWriter:
         if _applied(self.raw_url, self.app_id, batch_id):
             return 0
         ticks = enriched.dropDuplicates(list(DEDUP_KEY))
-        touched = {(str(date), int(hour)) for date, hour in
-                   enriched.select(*RAW_PARTITION_COLUMNS).distinct().collect()}
         stored = touched & _stored_partitions(self.raw_url)
         if stored:
             existing = (spark.read.format("delta").load(self.raw_url)
@@ -155,14 +154,14 @@ class DeltaBatchWriter:
          .option("txnAppId", self.app_id).option("txnVersion", batch_id).save(self.raw_url))
         return _rows_added_since(self.raw_url, before)
 
-    def _merge_raw(self, enriched: DataFrame, batch_id: int) -> int:
+    def _merge_raw(self, enriched: DataFrame, batch_id: int, touched: set[tuple[str, int]]) -> int:
         """Keys inserted: insert-only MERGE on (symbol, event_time) within the batch's partitions."""
         spark = enriched.sparkSession
         if _applied(self.raw_url, self.app_id, batch_id):
             return 0
         ticks = enriched.dropDuplicates(list(DEDUP_KEY)).cache()
         try:
-            partitions = [tuple(row) for row in ticks.select(*RAW_PARTITION_COLUMNS).distinct().collect()]
+            partitions = sorted(touched)
             if not partitions:
                 return 0
             table = _raw_table(spark, self.raw_url, ticks)

@@ -27,7 +27,7 @@ Called by the job's one query after each batch's raw_data write (`btcstream.stre
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 import logging
 import time
 from typing import TYPE_CHECKING, Sequence
@@ -61,18 +61,20 @@ def upsert_hours(spark: SparkSession, raw_url: str, hourly_url: str,
                  allowed_lateness: timedelta) -> HourlyCounts:
     """Recompute the (symbol, window_start) hours in `touched` from raw_data and MERGE them into hourly_metrics.
 
-    Retried when a concurrent commit (an OPTIMIZE) conflicts with the MERGE: the recomputation is
-    idempotent, so running it again gives the same rows.
+    `touched`: (symbol, hour start) pairs (UTC), or a DataFrame of those columns. Retried when a
+    concurrent commit (an OPTIMIZE) conflicts with the MERGE: the recomputation is idempotent, so
+    running it again gives the same rows.
     """
     from delta.exceptions import DeltaConcurrentModificationException
 
-    if isinstance(touched, (list, tuple)):
-        if not touched:
-            return HourlyCounts(0, 0, 0, 0, 0)
-        touched = spark.createDataFrame(list(touched), "symbol string, window_start timestamp")
+    if not isinstance(touched, (list, tuple)):
+        touched = [(row[0], _utc(row[1])) for row in touched.select(*HOUR_KEY).distinct().collect()]
+    keys = sorted({(symbol, _utc(start)) for symbol, start in touched})
+    if not keys:
+        return HourlyCounts(0, 0, 0, 0, 0)
     for attempt in range(1, CONFLICT_RETRIES + 1):
         try:
-            return _upsert_once(spark, raw_url, hourly_url, touched, event_clock, allowed_lateness)
+            return _upsert_once(spark, raw_url, hourly_url, keys, event_clock, allowed_lateness)
         except DeltaConcurrentModificationException as conflict:
             if attempt == CONFLICT_RETRIES:
                 raise
@@ -82,50 +84,48 @@ def upsert_hours(spark: SparkSession, raw_url: str, hourly_url: str,
     raise AssertionError("unreachable")
 
 
-def _upsert_once(spark: SparkSession, raw_url: str, hourly_url: str, touched: DataFrame, event_clock: datetime,
-                 allowed_lateness: timedelta) -> HourlyCounts:
-    """One recomputation and MERGE of the touched hours."""
+def _upsert_once(spark: SparkSession, raw_url: str, hourly_url: str, keys: list[tuple[str, datetime]],
+                 event_clock: datetime, allowed_lateness: timedelta) -> HourlyCounts:
+    """One recomputation and MERGE of the touched hours.
+
+    The hours are few (symbols x hours a batch touched), so they are computed in one Spark job,
+    collected, compared with the stored rows in the driver (delta-rs) to count revisions, and
+    MERGEd from that small local relation: no second pass over raw_data.
+    """
     from pyspark.sql import functions as F
 
-    keys = touched.select(*HOUR_KEY).distinct().cache()
-    hours = None
-    try:
-        partitions = [tuple(row) for row in keys.select(F.to_date("window_start").alias("date"),
-                                                         F.hour("window_start").alias("hour")).distinct().collect()]
-        if not partitions:
-            return HourlyCounts(0, 0, 0, 0, 0)
-        raw = (spark.read.format("delta").load(raw_url).where(_in_partitions(partitions))
-               .withColumn("window_start", F.date_trunc("hour", "event_time")))
-        in_touched_hours = raw.join(keys, list(HOUR_KEY), "left_semi").drop("window_start")
-        final_before = F.lit(event_clock) - F.expr(f"INTERVAL {int(allowed_lateness.total_seconds())} SECONDS")
-        now = F.current_timestamp()
-        hours = (transforms.hourly_metrics(in_touched_hours)
-                 .withColumn("is_final", F.col("window_end") <= final_before)
-                 .withColumn("revision", F.lit(1))
-                 .withColumn("updated_at", now)
-                 .withColumn("date", F.to_date("window_start"))
-                 .select(*HOURLY_COLUMNS, *HOURLY_LIFECYCLE_COLUMNS, *HOURLY_PARTITION_COLUMNS)).cache()
-        count = hours.count()
-        table = _hourly_table(spark, hourly_url, hours)
-        before = table.history(1).select("version").collect()[0][0]
-        revised = _revised(spark, hourly_url, hours)
-        changed = "s.tick_count <> t.tick_count"
-        (table.alias("t").merge(hours.alias("s"), " AND ".join(f"t.{k} = s.{k}" for k in HOUR_KEY))
-         .whenMatchedUpdate(condition=f"{changed} OR (s.is_final AND NOT t.is_final)", set={
-             **{name: f"s.{name}" for name in METRIC_COLUMNS},
-             "is_final": "s.is_final OR t.is_final",
-             "revision": f"t.revision + CASE WHEN t.is_final AND {changed} THEN 1 ELSE 0 END",
-             "updated_at": "s.updated_at"})
-         .whenNotMatchedInsertAll()
-         .whenNotMatchedBySourceUpdate(condition=(F.col("t.window_end") <= final_before) & ~F.col("t.is_final"),
-                                       set={"is_final": F.lit(True), "updated_at": now})
-         .execute())
-        metrics = _merge_metrics(table, before)
-    finally:
-        keys.unpersist()
-        if hours is not None:
-            hours.unpersist()
-    return HourlyCounts(hours=count, opened=int(metrics.get("numTargetRowsInserted", 0)),
+    raw = (spark.read.format("delta").load(raw_url).where(_in_partitions(keys))
+           .where(_in_hours(keys)))
+    final_before = F.lit(event_clock) - F.expr(f"INTERVAL {int(allowed_lateness.total_seconds())} SECONDS")
+    now = F.current_timestamp()
+    computed = (transforms.hourly_metrics(raw)
+                .withColumn("is_final", F.col("window_end") <= final_before)
+                .withColumn("revision", F.lit(1))
+                .withColumn("updated_at", now)
+                .withColumn("date", F.to_date("window_start"))
+                .select(*HOURLY_COLUMNS, *HOURLY_LIFECYCLE_COLUMNS, *HOURLY_PARTITION_COLUMNS))
+    started = time.perf_counter()
+    rows = computed.collect()
+    computed_s = time.perf_counter() - started
+    hours = spark.createDataFrame(rows, computed.schema)
+    table = _hourly_table(spark, hourly_url, hours)
+    before = _version(hourly_url)
+    revised = _revised(hourly_url, rows)
+    changed = "s.tick_count <> t.tick_count"
+    (table.alias("t").merge(hours.alias("s"), " AND ".join(f"t.{k} = s.{k}" for k in HOUR_KEY))
+     .whenMatchedUpdate(condition=f"{changed} OR (s.is_final AND NOT t.is_final)", set={
+         **{name: f"s.{name}" for name in METRIC_COLUMNS},
+         "is_final": "s.is_final OR t.is_final",
+         "revision": f"t.revision + CASE WHEN t.is_final AND {changed} THEN 1 ELSE 0 END",
+         "updated_at": "s.updated_at"})
+     .whenNotMatchedInsertAll()
+     .whenNotMatchedBySourceUpdate(condition=(F.col("t.window_end") <= final_before) & ~F.col("t.is_final"),
+                                   set={"is_final": F.lit(True), "updated_at": now})
+     .execute())
+    merged_s = time.perf_counter() - started - computed_s
+    metrics = _merge_metrics(hourly_url, before)
+    log.debug("hourly upsert of %d hours: recomputed in %.2f s, merged in %.2f s", len(rows), computed_s, merged_s)
+    return HourlyCounts(hours=len(rows), opened=int(metrics.get("numTargetRowsInserted", 0)),
                         updated=int(metrics.get("numTargetRowsMatchedUpdated", 0)), revised=revised,
                         finalised=int(metrics.get("numTargetRowsNotMatchedBySourceUpdated", 0)))
 
@@ -137,22 +137,51 @@ def touched_hours(ticks: DataFrame) -> DataFrame:
     return ticks.select("symbol", F.date_trunc("hour", "event_time").alias("window_start")).distinct()
 
 
-def _merge_metrics(table, before: int) -> dict:
-    """The operation metrics of this writer's MERGE, the first MERGE after version `before` (an
-    OPTIMIZE may have committed in between)."""
-    commits = (table.history(20).where(f"version > {before} AND operation = 'MERGE'")
-               .orderBy("version").select("operationMetrics").collect())
-    return (commits[0][0] or {}) if commits else {}
+def _merge_metrics(url: str, before: int) -> dict:
+    """The operation metrics of this writer's MERGE: the first MERGE after version `before` (an
+    OPTIMIZE may have committed in between), read from the Delta log in the driver."""
+    from deltalake import DeltaTable as LogReader
+
+    commits = [c for c in LogReader(url).history(20)
+               if c.get("operation") == "MERGE" and int(c.get("version", -1)) > before]
+    return min(commits, key=lambda c: int(c["version"])).get("operationMetrics") or {} if commits else {}
 
 
-def _in_partitions(partitions: list[tuple]):
-    """A raw_data filter on its (date, hour) partition columns (file pruning)."""
+def _version(url: str) -> int:
+    """The newest version of the Delta table at `url` (-1 before its first commit)."""
+    from deltalake import DeltaTable as LogReader
+
+    return LogReader(url).version() if LogReader.is_deltatable(url) else -1
+
+
+def _utc(moment: datetime) -> datetime:
+    """A timestamp as UTC-aware; a naive one (collected from Spark) is in this process's local time."""
+    return moment.astimezone(timezone.utc)
+
+
+def _in_partitions(keys: list[tuple[str, datetime]]):
+    """A raw_data filter on its (date, hour) partition columns (file pruning) for the keys' hours."""
     from pyspark.sql import functions as F
 
     date_column, hour_column = RAW_PARTITION_COLUMNS
     condition = None
-    for date, hour in partitions:
+    for date, hour in sorted({(start.date(), start.hour) for _, start in keys}):
         one = (F.col(date_column) == F.lit(date)) & (F.col(hour_column) == F.lit(hour))
+        condition = one if condition is None else condition | one
+    return condition
+
+
+def _in_hours(keys: list[tuple[str, datetime]]):
+    """Only the ticks of the touched (symbol, hour) keys (other symbols of those hours are not recomputed)."""
+    from pyspark.sql import functions as F
+
+    by_symbol: dict[str, list[datetime]] = {}
+    for symbol, start in keys:
+        by_symbol.setdefault(symbol, []).append(start)
+    hour = F.date_trunc("hour", "event_time")
+    condition = None
+    for symbol, starts in sorted(by_symbol.items()):
+        one = (F.col("symbol") == F.lit(symbol)) & hour.isin([F.lit(start) for start in starts])
         condition = one if condition is None else condition | one
     return condition
 
@@ -166,8 +195,18 @@ def _hourly_table(spark: SparkSession, url: str, like: DataFrame):
     return DeltaTable.forPath(spark, url)
 
 
-def _revised(spark: SparkSession, url: str, hours: DataFrame) -> int:
-    """How many of `hours` change a row that is already final (late ticks after finality)."""
-    stored = spark.read.format("delta").load(url).where("is_final").select(*HOUR_KEY, "tick_count")
-    return (hours.alias("s").join(stored.alias("t"), list(HOUR_KEY))
-            .where("s.tick_count <> t.tick_count").count())
+def _revised(url: str, rows: list) -> int:
+    """How many of the recomputed `rows` change a row that is already final (late ticks after finality).
+
+    Reads only the stored rows of the rows' dates, and only the columns compared (delta-rs, in the driver).
+    """
+    from deltalake import DeltaTable as LogReader
+
+    if not rows or not LogReader.is_deltatable(url):
+        return 0
+    dates = sorted({row["date"].isoformat() for row in rows})
+    stored = LogReader(url).to_pyarrow_table(filters=[("date", "in", dates)],
+                                             columns=["symbol", "window_start", "tick_count", "is_final"]).to_pylist()
+    final_counts = {(r["symbol"], _utc(r["window_start"])): r["tick_count"] for r in stored if r["is_final"]}
+    return sum(1 for row in rows if final_counts.get((row["symbol"], _utc(row["window_start"])), row["tick_count"])
+               != row["tick_count"])

@@ -27,7 +27,7 @@ import json
 import logging
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Iterable
 
 from pyspark.sql import DataFrame, SparkSession
@@ -116,21 +116,12 @@ def raw_schema(spark: SparkSession):
     return transforms.enrich(parse.valid_ticks(parse.classify(empty))).schema
 
 
-def lateness(text: str) -> timedelta:
-    """A Spark-style interval ("10 minutes", "30 seconds", "1 hour") as a timedelta."""
-    count, unit = text.split()
-    unit = unit.rstrip("s") + "s"
-    if unit not in ("seconds", "minutes", "hours", "days"):
-        raise ValueError(f"allowed_lateness {text!r}: expected a number and seconds, minutes, hours or days")
-    return timedelta(**{unit: float(count)})
-
-
 class IngestBatch:
     """The query's `foreachBatch` function: quarantine + raw_data, then the touched hours, then the counts."""
 
     def __init__(self, settings: Settings, paths: StreamPaths, progress: ProgressWriter | None = None) -> None:
         self.paths = paths
-        self.allowed_lateness = lateness(settings.allowed_lateness)
+        self.allowed_lateness = settings.allowed_lateness_span
         # One writer id per checkpoint location: a new checkpoint restarts batch ids at 0.
         self.writer = DeltaBatchWriter(paths.raw, paths.quarantine, app_id=f"btcstream-ingest:{paths.checkpoints[INGEST_QUERY]}")
         self.progress = progress

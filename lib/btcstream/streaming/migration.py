@@ -28,9 +28,8 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Callable
 
 from btcstream.errors import BtcstreamError
@@ -67,7 +66,6 @@ IMPORTED_DATASETS: tuple[str, ...] = (RAW_DATASET, QUARANTINE_DATASET)  # copied
 IMPORTING_SUFFIX = ".importing"
 RECORD_FILE = "migration.json"  # under legacy/<stamp>/
 EARLIEST_OFFSET = -2  # Spark's startingOffsets JSON: the partition's earliest offset
-_DURATION = re.compile(r"^\s*(\d+)\s+(second|minute|hour|day)s?\s*$")
 
 
 class MigrationError(BtcstreamError):
@@ -155,14 +153,6 @@ def migrate(spark: SparkSession, settings: Settings, plan: MigrationPlan,
     return rows
 
 
-def lateness(text: str) -> timedelta:
-    """A duration setting such as `settings.allowed_lateness` ("10 minutes") as a timedelta."""
-    match = _DURATION.match(text)
-    if not match:
-        raise MigrationError(f"allowed_lateness {text!r}: expected e.g. '10 minutes'")
-    return timedelta(**{f"{match.group(2)}s": int(match.group(1))})
-
-
 def raw_rows(old: DataFrame) -> DataFrame:
     """Old raw_data rows in the Delta table's columns, each (symbol, event_time) once."""
     from pyspark.sql import functions as F
@@ -225,7 +215,7 @@ def _rebuild_hourly(spark: SparkSession, settings: Settings, stamp: str) -> int:
         newest = raw.agg(F.unix_micros(F.max("event_time"))).collect()[0][0]
         if newest is not None:
             clock = datetime.fromtimestamp(newest / 1e6, timezone.utc)
-            allowed = lateness(settings.allowed_lateness)
+            allowed = settings.allowed_lateness_span
             dates = sorted(row[0] for row in raw.select("date").distinct().collect())
             for date in dates:  # a day at a time: bounded work per MERGE, and progress in the log
                 counts = upsert_hours(spark, raw_url, importing, touched_hours(raw.where(F.col("date") == date)),
