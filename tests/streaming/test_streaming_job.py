@@ -23,6 +23,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import pytest
+from deltalake import DeltaTable
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError
@@ -175,8 +176,6 @@ def drained(settings: Settings, checkpoint: str = INGEST) -> Callable[[], bool]:
 
 def read_table(settings: Settings, dataset: str, version: int | None = None) -> pd.DataFrame:
     """Every row of a Delta table as it is now (or at `version`), read by delta-rs over HDFS."""
-    from deltalake import DeltaTable
-
     url = settings.storage_url(dataset)
     if not DeltaTable.is_deltatable(url):
         return pd.DataFrame()
@@ -245,13 +244,6 @@ def job_settings(test_settings: Settings) -> Settings:
     return settings
 
 
-def optimize(settings: Settings, dataset: str) -> None:
-    """Delta OPTIMIZE (bin-packing) of one table, from another process than the job's."""
-    from deltalake import DeltaTable
-
-    DeltaTable(settings.storage_url(dataset)).optimize.compact()
-
-
 def test_one_read_stores_late_ticks_quarantines_any_bytes_and_revises_final_hours(job_settings: Settings,
                                                                                   tmp_path: Path):
     settings = job_settings
@@ -301,19 +293,30 @@ def test_one_read_stores_late_ticks_quarantines_any_bytes_and_revises_final_hour
         assert counted["duplicate_rows"] == len(retried) + 1
         assert counted["hourly_revised"] == 1
 
-        # OPTIMIZE from another process while the job writes: every read, before, during and
-        # after, sees each stored tick exactly once.
+        # `btcstream compact` (Delta OPTIMIZE, in its own process) while the job writes: every read,
+        # before, during and after, sees each stored tick exactly once.
         more = market_ticks(DAY + timedelta(hours=12), hours=2, per_hour=60, seed=21)
-        chunks = [more[i::4] for i in range(4)]
         expected = kept + too_late
-        for chunk in chunks:
-            produce(settings, chunk)
-            for dataset in ("raw_data", "quarantine", "hourly_metrics"):
-                optimize(settings, dataset)
+        compactor = subprocess.Popen([sys.executable, "-m", "btcstream", "compact", "--no-vacuum"], env=job.env(),
+                                     cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        chunks = [more[i::6] for i in range(6)]
+        reads = 0
+        while compactor.poll() is None or chunks:
+            if chunks:
+                produce(settings, chunks.pop())
             raw = read_table(settings, "raw_data")
             keys = list(zip(raw.symbol, pd.to_datetime(raw.event_time, utc=True)))
             assert len(keys) == len(set(keys)), "a reader saw a tick twice during OPTIMIZE"
-            assert set((t.symbol, pd.Timestamp(t.event_time)) for t in expected) <= set(keys)
+            assert set((t.symbol, pd.Timestamp(t.event_time)) for t in expected) <= set(keys), "a reader missed a tick"
+            reads += 1
+            time.sleep(0.5)
+        output = compactor.stdout.read()
+        assert compactor.returncode == 0, output
+        assert reads >= 3
+        optimized = [c for c in DeltaTable(settings.storage_url("raw_data")).history() if c["operation"] == "OPTIMIZE"]
+        assert optimized, output
+        metrics = optimized[0]["operationMetrics"]
+        assert int(metrics["numRemovedFiles"]) > int(metrics["numAddedFiles"]), metrics  # small files merged
         job.wait_until(drained(settings), "the job to read the ticks written during OPTIMIZE")
         assert_raw_equals(settings, expected + more)
         assert_hourly_matches(settings, raw_ticks(settings))
