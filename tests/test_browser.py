@@ -37,6 +37,7 @@ import numpy as np
 import pytest
 
 from btcstream.settings import Settings
+from btcstream.workbench import plots
 from btcstream.workbench.report import (HOURLY_NOTEBOOK, NOTEBOOK_DIR, NOTEBOOKS, PIPELINE_NOTEBOOK, PLOTLY_MIME,
                                         STREAMING_NOTEBOOK, NotebookRun, build_report)
 
@@ -292,8 +293,10 @@ def test_jupyterlab_runs_notebook_03_and_draws_the_stored_metrics(workbench_run,
         assert len(set(titles)) == HOURLY_FIGURES, titles
         spread = next(f for f in figures if f["layoutTitle"] == "Hourly spread and realized volatility")
         symbols = sorted(stored["symbol"].unique())
+        live = sorted(stored.loc[~stored["is_final"], "symbol"].unique())  # the hour in progress, drawn apart
         assert sorted((t["yaxis"], t["name"]) for t in spread["traces"]) == sorted(
-            (axis, symbol) for axis in ("y", "y2", "y3") for symbol in symbols)
+            [(axis, symbol) for axis in ("y", "y2", "y3") for symbol in symbols]
+            + [(axis, f"{symbol} {plots.PROVISIONAL}") for axis in ("y", "y2", "y3") for symbol in live])
         for axis, column in (("y", "avg_spread"), ("y2", "avg_spread_bps"), ("y3", "realized_volatility")):
             trace = next(t for t in spread["traces"] if t["yaxis"] == axis and t["name"] == "BTCUSDT")
             np.testing.assert_allclose(trace["y"], stored.loc[stored["symbol"] == "BTCUSDT", column], rtol=1e-9)

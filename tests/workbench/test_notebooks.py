@@ -39,17 +39,20 @@ def errors(executed: Path) -> list[str]:
 
 
 def assert_spread_volatility_figure_matches(figure: dict, hourly: pd.DataFrame) -> None:
-    """Every (panel, symbol) trace of the spread/volatility figure holds exactly the stored column."""
+    """Every (panel, symbol) trace of the spread/volatility figure holds exactly the stored column, and
+    the hours still in progress (`is_final` false) are drawn again as their own provisional trace."""
     assert hourly["symbol"].nunique() >= 1
     by_key = {(trace["yaxis"], trace["name"]): trace for trace in figure["data"]}
-    assert len(by_key) == 3 * hourly["symbol"].nunique()
+    live = hourly[~hourly["is_final"].astype(bool)] if "is_final" in hourly.columns else hourly.iloc[:0]
+    assert len(by_key) == 3 * hourly["symbol"].nunique() + 3 * live["symbol"].nunique()
     for axis, column in (("y", "avg_spread"), ("y2", "avg_spread_bps"), ("y3", "realized_volatility")):
-        for symbol, rows in hourly.sort_values("window_start").groupby("symbol"):
-            trace = by_key[(axis, symbol)]
-            values = plots.trace_values(trace["y"])
-            assert len(values) == len(rows) > 0
-            np.testing.assert_allclose(values, rows[column].to_numpy(), rtol=1e-12)
-            assert [pd.Timestamp(x).tz_localize("UTC") for x in trace["x"]] == list(rows["window_start"])
+        for frame, suffix in ((hourly, ""), (live, f" {plots.PROVISIONAL}")):
+            for symbol, rows in frame.sort_values("window_start").groupby("symbol"):
+                trace = by_key[(axis, symbol + suffix)]
+                values = plots.trace_values(trace["y"])
+                assert len(values) == len(rows) > 0
+                np.testing.assert_allclose(values, rows[column].to_numpy(), rtol=1e-12)
+                assert [pd.Timestamp(x).tz_localize("UTC") for x in trace["x"]] == list(rows["window_start"])
 
 
 def assert_offline_html(html: Path, figure_count: int) -> None:
@@ -165,7 +168,7 @@ def test_notebooks_run_the_pipeline_and_chart_what_it_stored(test_settings: Sett
     assert sent > 100 and len(raw) == sent
     assert not raw.duplicated(["symbol", "event_time"]).any()
     assert raw["event_time"].min() >= pd.Timestamp("2021-05-19", tz="UTC")  # the replay of that day
-    assert "btcstream_raw" in text_outputs(pipeline_run.executed)  # the progress table was shown
+    assert "btcstream_ingest" in text_outputs(pipeline_run.executed)  # the progress table was shown
     hourly = read_hourly_metrics(test_settings, engine="pyarrow")
     assert len(hourly) >= 3
 
@@ -180,6 +183,12 @@ def test_notebooks_run_the_pipeline_and_chart_what_it_stored(test_settings: Sett
     # 03: the charts hold exactly the stored hourly_metrics, read here over WebHDFS.
     shown = figures(hourly_run.executed)
     assert len(shown) == 4
+    # Hours whose end + allowed lateness is not behind the newest stored tick are still in progress:
+    # stored as live rows (the newest hour at least), shown as provisional.
+    clock = raw["event_time"].max() - test_settings.allowed_lateness_span
+    live = hourly["window_end"] > clock
+    assert list(~hourly["is_final"]) == list(live) and live.sum() >= 1
+    assert f"{live.sum()} provisional, hour in progress" in text_outputs(hourly_run.executed)
     assert_spread_volatility_figure_matches(shown[0], hourly)
     band = {trace["name"]: trace for trace in shown[1]["data"]}
     np.testing.assert_allclose(plots.trace_values(band["BTCUSDT high"]["y"]), hourly["high_price"])

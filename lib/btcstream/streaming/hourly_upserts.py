@@ -205,8 +205,10 @@ def _revised(url: str, rows: list) -> int:
     if not rows or not LogReader.is_deltatable(url):
         return 0
     dates = sorted({row["date"].isoformat() for row in rows})
-    stored = LogReader(url).to_pyarrow_table(filters=[("date", "in", dates)],
-                                             columns=["symbol", "window_start", "tick_count", "is_final"]).to_pylist()
+    # Scanned in this thread: Arrow threads calling into delta-rs' Python filesystem handler (HDFS)
+    # can abort the process at exit (see btcstream.storage.readers._scan_pyarrow).
+    files = LogReader(url).to_pyarrow_dataset(file_pruning_predicate=[("date", "in", dates)])
+    stored = files.to_table(columns=["symbol", "window_start", "tick_count", "is_final"], use_threads=False).to_pylist()
     final_counts = {(r["symbol"], _utc(r["window_start"])): r["tick_count"] for r in stored if r["is_final"]}
     return sum(1 for row in rows if final_counts.get((row["symbol"], _utc(row["window_start"])), row["tick_count"])
                != row["tick_count"])
