@@ -94,6 +94,24 @@ def test_hourly_notebook_draws_stored_metrics(tmp_path: Path) -> None:
     assert "BTCUSDT" in run.html.read_text() and (tmp_path / "out/index.html").exists()
 
 
+def test_hourly_notebook_reads_an_earlier_version_with_as_of(tmp_path: Path) -> None:
+    """Time travel from the notebook: `as_of` = a version shows the table as it was then."""
+    settings = Settings(storage_root=f"file://{tmp_path}/store")
+    hours = hourly_frame(hours=6)
+    first = write_table(settings, "hourly_metrics", hours[hours["window_start"] < hours["window_start"].min()
+                                                            + pd.Timedelta(hours=3)])
+    write_table(settings, "hourly_metrics", hours[hours["window_start"] >= hours["window_start"].min()
+                                                   + pd.Timedelta(hours=3)])
+    runs = build_report({HOURLY_NOTEBOOK: {"storage_root": settings.storage_root, "as_of": str(first)}},
+                        [HOURLY_NOTEBOOK], tmp_path / "then")
+    then = read_hourly_metrics(settings, as_of=first)
+
+    assert errors(runs[0].executed) == [] and 0 < len(then) < len(hours)
+    assert f"{len(then)} hourly rows" in text_outputs(runs[0].executed)
+    assert f"as of {first}" in text_outputs(runs[0].executed)
+    assert_spread_volatility_figure_matches(figures(runs[0].executed)[0], then)
+
+
 def test_report_command_passes_parameters_to_one_notebook(tmp_path: Path, capsys) -> None:
     from btcstream.cli import main
 
