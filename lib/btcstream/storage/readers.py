@@ -148,7 +148,7 @@ def read_dataset(settings: Settings, dataset: str, time_column: str | None,
     url = settings.storage_url(dataset)
     predicate = partition_predicate(_partition_columns(table), time_range) if time_column else None
     dataset_ = _arrow_dataset(table, url, predicate)
-    log.debug("%s v%d: %d files in range via %s", dataset, table.version(), len(dataset_.files), engine)
+    log.debug("%s v%d: %d files in range via %s", dataset, table.version(), len(list(dataset_.get_fragments())), engine)
     with _storage_errors(url):
         if engine == "duckdb":
             frame = _scan_duckdb(dataset_, time_column, time_range, symbols)
@@ -402,16 +402,43 @@ def scanned_files(settings: Settings, dataset: str, time_range: TimeRange = Time
         return sorted(urlparse(uri).path for uri in table.file_uris(file_pruning_predicate=predicate))
 
 
-def _arrow_dataset(table: DeltaTable, url: str, predicate: str | list | None) -> pa_dataset.FileSystemDataset:
-    """A pyarrow dataset of the loaded version's files that `predicate` keeps (SQL or deltalake tuple filters)."""
+def _arrow_dataset(table: DeltaTable, url: str, predicate: str | list | None) -> pa_dataset.Dataset:
+    """A pyarrow dataset of the loaded version's files that `predicate` keeps (SQL or deltalake tuple filters).
+
+    Over `hdfs://` the files are read here, in this thread, through delta-rs' storage handler, and
+    the scan runs on those bytes in memory: Arrow's I/O threads calling back into that Python
+    filesystem handler aborted short reader processes at exit ("terminate called without an
+    active exception", apache/arrow#34314), even with single-threaded scans (1 of 8 reader
+    processes in a CI run).
+    """
     with _storage_errors(url):
-        return table.to_pyarrow_dataset(file_pruning_predicate=predicate, filesystem=_filesystem(table, url))
+        files = table.to_pyarrow_dataset(file_pruning_predicate=predicate, filesystem=_filesystem(table, url))
+        return files if _native(files) else _in_memory(files)
+
+
+def _in_memory(files: pa_dataset.FileSystemDataset) -> pa_dataset.Dataset:
+    """The dataset's files read in this thread into an in-memory dataset, partition columns filled in."""
+    import pyarrow as pa
+    import pyarrow.dataset as pa_dataset
+    import pyarrow.parquet as pq
+
+    tables = []
+    for fragment in files.get_fragments():
+        with files.filesystem.open_input_file(fragment.path) as handle:
+            data = handle.read()
+        table = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
+        partition = pa_dataset.get_partition_keys(fragment.partition_expression)
+        columns = [table[field.name].cast(field.type) if field.name in table.column_names
+                   else pa.array([partition.get(field.name)] * table.num_rows, type=field.type)
+                   for field in files.schema]
+        tables.append(pa.Table.from_arrays(columns, schema=files.schema))
+    return pa_dataset.InMemoryDataset(tables, schema=files.schema)
 
 
 def _filesystem(table: DeltaTable, url: str):
     """Arrow's own filesystem for a local table; None (delta-rs' storage handler) for `hdfs://`.
 
-    The handler is a Python filesystem: `_scan` keeps Arrow's threads away from it.
+    The handler is a Python filesystem: `_arrow_dataset` keeps Arrow's threads away from it.
     """
     import pyarrow.fs as pa_fs
 
@@ -420,11 +447,13 @@ def _filesystem(table: DeltaTable, url: str):
     return pa_fs.SubTreeFileSystem(urlparse(table.table_uri).path or urlparse(url).path, pa_fs.LocalFileSystem())
 
 
-def _native(dataset: pa_dataset.FileSystemDataset) -> bool:
+def _native(dataset: pa_dataset.Dataset) -> bool:
     """True when Arrow may scan `dataset` with its thread pools (no Python filesystem behind it)."""
+    import pyarrow.dataset as pa_dataset
     import pyarrow.fs as pa_fs
 
-    return isinstance(dataset.filesystem, pa_fs.SubTreeFileSystem)
+    return not isinstance(dataset, pa_dataset.FileSystemDataset) or isinstance(dataset.filesystem,
+                                                                                pa_fs.SubTreeFileSystem)
 
 
 def _row_filter(schema: pa.Schema, time_column: str | None, time_range: TimeRange,
@@ -656,7 +685,7 @@ def latest_time(settings: Settings, dataset: str = RAW_DATASET,
         last = max(values for values, _ in _partition_counts(table, url))
         predicate = " AND ".join(f"{name} = {_sql_literal(name, value)}" for name, value in zip(columns, last))
         files = _arrow_dataset(table, url, predicate or None)
-    log.debug("latest %s of %s from %d file(s)", column, dataset, len(files.files))
+    log.debug("latest %s of %s from %d file(s)", column, dataset, len(list(files.get_fragments())))
     with _storage_errors(url):
         values = files.to_table(columns=[column], use_threads=_native(files)).column(column)
     found = pc.max(values).as_py()
