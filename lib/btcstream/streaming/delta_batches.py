@@ -96,8 +96,8 @@ class DeltaBatchWriter:
             records = sum(group["records"] for group in groups)
             valid = sum(group["valid"] for group in groups)
             late = sum(group["late"] for group in groups)
-            hours = tuple(sorted((group["symbol"], _utc(group["window_start"])) for group in groups if group["valid"]))
-            newest = max((_utc(group["newest"]) for group in groups if group["newest"] is not None), default=None)
+            hours = tuple(sorted((group["symbol"], utc(group["window_start"])) for group in groups if group["valid"]))
+            newest = max((utc(group["newest"]) for group in groups if group["newest"] is not None), default=None)
             quarantined = records - valid
             if quarantined:
                 self._append_quarantine(parse.quarantined(rows), batch_id)
@@ -149,7 +149,7 @@ class DeltaBatchWriter:
             existing = (spark.read.format("delta").load(self.raw_url)
                         .where(_within(sorted(stored), alias="")).select(*DEDUP_KEY))
             ticks = ticks.join(existing, list(DEDUP_KEY), "left_anti")
-        before = _table_version(self.raw_url)
+        before = table_version(self.raw_url)
         (ticks.write.format("delta").mode("append").partitionBy(*RAW_PARTITION_COLUMNS)
          .option("txnAppId", self.app_id).option("txnVersion", batch_id).save(self.raw_url))
         return _rows_added_since(self.raw_url, before)
@@ -165,7 +165,7 @@ class DeltaBatchWriter:
             if not partitions:
                 return 0
             table = _raw_table(spark, self.raw_url, ticks)
-            before = _table_version(self.raw_url)
+            before = table_version(self.raw_url)
             condition = " AND ".join(f"t.{key} = s.{key}" for key in DEDUP_KEY) + " AND " + _within(partitions)
             with _idempotent(spark, self.app_id, batch_id):
                 table.alias("t").merge(ticks.alias("s"), condition).whenNotMatchedInsertAll().execute()
@@ -174,7 +174,7 @@ class DeltaBatchWriter:
             ticks.unpersist()
 
 
-def _utc(moment: datetime) -> datetime:
+def utc(moment: datetime) -> datetime:
     """A timestamp collected from Spark (naive, in this process's local time) as a UTC-aware datetime."""
     return moment.astimezone(timezone.utc)
 
@@ -189,7 +189,7 @@ def _applied(url: str, app_id: str, batch_id: int) -> bool:
     return version is not None and version >= batch_id
 
 
-def _table_version(url: str) -> int:
+def table_version(url: str) -> int:
     """The newest version of the Delta table at `url` (-1 before its first commit)."""
     from deltalake import DeltaTable as LogReader
 

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from btcstream.names import HOURLY_COLUMNS, HOURLY_LIFECYCLE_COLUMNS, HOURLY_PARTITION_COLUMNS, RAW_PARTITION_COLUMNS
 from btcstream.streaming import transforms
+from btcstream.streaming.delta_batches import table_version, utc
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -68,8 +69,8 @@ def upsert_hours(spark: SparkSession, raw_url: str, hourly_url: str,
     from delta.exceptions import DeltaConcurrentModificationException
 
     if not isinstance(touched, (list, tuple)):
-        touched = [(row[0], _utc(row[1])) for row in touched.select(*HOUR_KEY).distinct().collect()]
-    keys = sorted({(symbol, _utc(start)) for symbol, start in touched})
+        touched = [(row[0], utc(row[1])) for row in touched.select(*HOUR_KEY).distinct().collect()]
+    keys = sorted({(symbol, utc(start)) for symbol, start in touched})
     if not keys:
         return HourlyCounts(0, 0, 0, 0, 0)
     for attempt in range(1, CONFLICT_RETRIES + 1):
@@ -109,7 +110,7 @@ def _upsert_once(spark: SparkSession, raw_url: str, hourly_url: str, keys: list[
     computed_s = time.perf_counter() - started
     hours = spark.createDataFrame(rows, computed.schema)
     table = _hourly_table(spark, hourly_url, hours)
-    before = _version(hourly_url)
+    before = table_version(hourly_url)
     revised = _revised(hourly_url, rows)
     changed = "s.tick_count <> t.tick_count"
     (table.alias("t").merge(hours.alias("s"), " AND ".join(f"t.{k} = s.{k}" for k in HOUR_KEY))
@@ -145,18 +146,6 @@ def _merge_metrics(url: str, before: int) -> dict:
     commits = [c for c in LogReader(url).history(20)
                if c.get("operation") == "MERGE" and int(c.get("version", -1)) > before]
     return min(commits, key=lambda c: int(c["version"])).get("operationMetrics") or {} if commits else {}
-
-
-def _version(url: str) -> int:
-    """The newest version of the Delta table at `url` (-1 before its first commit)."""
-    from deltalake import DeltaTable as LogReader
-
-    return LogReader(url).version() if LogReader.is_deltatable(url) else -1
-
-
-def _utc(moment: datetime) -> datetime:
-    """A timestamp as UTC-aware; a naive one (collected from Spark) is in this process's local time."""
-    return moment.astimezone(timezone.utc)
 
 
 def _in_partitions(keys: list[tuple[str, datetime]]):
@@ -209,6 +198,6 @@ def _revised(url: str, rows: list) -> int:
     # can abort the process at exit (see btcstream.storage.readers._scan_pyarrow).
     files = LogReader(url).to_pyarrow_dataset(file_pruning_predicate=[("date", "in", dates)])
     stored = files.to_table(columns=["symbol", "window_start", "tick_count", "is_final"], use_threads=False).to_pylist()
-    final_counts = {(r["symbol"], _utc(r["window_start"])): r["tick_count"] for r in stored if r["is_final"]}
-    return sum(1 for row in rows if final_counts.get((row["symbol"], _utc(row["window_start"])), row["tick_count"])
+    final_counts = {(r["symbol"], utc(r["window_start"])): r["tick_count"] for r in stored if r["is_final"]}
+    return sum(1 for row in rows if final_counts.get((row["symbol"], utc(row["window_start"])), row["tick_count"])
                != row["tick_count"])

@@ -47,6 +47,7 @@ from btcstream.names import (
 from btcstream.settings import Settings
 from btcstream.storage.filesystem import storage_filesystem, storage_path
 from btcstream.storage.layout import require_delta_layout
+from btcstream.storage.readers import latest_time
 from btcstream.streaming import parse, transforms
 from btcstream.streaming.delta_batches import BatchCounts, DeltaBatchWriter
 from btcstream.streaming.hourly_upserts import HourlyCounts, upsert_hours
@@ -120,6 +121,7 @@ class IngestBatch:
     """The query's `foreachBatch` function: quarantine + raw_data, then the touched hours, then the counts."""
 
     def __init__(self, settings: Settings, paths: StreamPaths, progress: ProgressWriter | None = None) -> None:
+        self.settings = settings
         self.paths = paths
         self.allowed_lateness = settings.allowed_lateness_span
         # One writer id per checkpoint location: a new checkpoint restarts batch ids at 0.
@@ -128,7 +130,7 @@ class IngestBatch:
         self.event_clock: datetime | None = None  # newest event_time stored; read from the log on first use
 
     def __call__(self, kafka_rows: DataFrame, batch_id: int) -> None:
-        clock = self.event_clock if self.event_clock is not None else newest_event_time(self.paths.raw)
+        clock = self.event_clock if self.event_clock is not None else stored_event_clock(self.settings)
         late_before = clock - self.allowed_lateness if clock is not None else None
         counts = self.writer(kafka_rows, batch_id, late_before=late_before)
         if counts.newest_event_time is not None and (clock is None or counts.newest_event_time > clock):
@@ -151,20 +153,11 @@ def batch_counts(counts: BatchCounts, hourly: HourlyCounts) -> dict[str, int]:
             "hourly_finalised": hourly.finalised}
 
 
-def newest_event_time(raw_url: str) -> datetime | None:
-    """The largest event_time in raw_data, from the max statistic of its files in the Delta log."""
-    from deltalake import DeltaTable
-
-    if not DeltaTable.is_deltatable(raw_url):
-        return None
-    actions = DeltaTable(raw_url).get_add_actions(flatten=True)
-    if "max.event_time" not in actions.schema.names or actions.num_rows == 0:
-        return None
-    values = [value for value in actions.column("max.event_time").to_pylist() if value is not None]
-    if not values:
-        return None
-    newest = max(values)
-    return newest.replace(tzinfo=timezone.utc) if newest.tzinfo is None else newest.astimezone(timezone.utc)
+def stored_event_clock(settings: Settings) -> datetime | None:
+    """The newest event_time in raw_data, read back after a restart (`readers.latest_time`: the
+    Delta log's statistics pick the files, their event_time column gives the exact value)."""
+    newest = latest_time(settings)
+    return None if newest is None else newest.to_pydatetime().astimezone(timezone.utc)
 
 
 def start_queries(spark: SparkSession, settings: Settings, *, queries: Iterable[str] = QUERY_NAMES,
