@@ -49,6 +49,12 @@ def test_environment_wins_over_the_config_file() -> None:
     ("BTCSTREAM_POLL_INTERVAL_S", "0"),
     ("BTCSTREAM_SYMBOLS", "BTC/USDT"),
     ("BTCSTREAM_ALLOWED_LATENESS", "10 fortnights"),
+    ("BTCSTREAM_BINANCE_WS_URL", "https://stream.binance.com"),
+    ("BTCSTREAM_FEED", "carrier-pigeon"),
+    ("BTCSTREAM_WS_MAX_QUOTES_HZ", "0"),
+    ("BTCSTREAM_TRADES_TOPIC", "btc_ticks"),
+    ("BTCSTREAM_RV_GRID", "7 minutes"),
+    ("BTCSTREAM_RV_GRID", "2 hours"),
 ])
 def test_a_wrong_value_names_the_setting(variable: str, value: str) -> None:
     with pytest.raises(SettingsError) as raised:
@@ -82,3 +88,14 @@ def test_every_field_has_a_committed_default_or_is_a_secret() -> None:
     optional = {"coingecko_api_key", "kafka_sasl_password", "kafka_sasl_username", "kafka_sasl_mechanism",
                 "kafka_ssl_cafile", "kafka_security_protocol"}
     assert {f.name for f in fields(Settings)} - optional <= documented
+
+
+def test_websocket_feed_settings_read_from_the_environment() -> None:
+    settings = load_settings(env={"BTCSTREAM_BINANCE_WS_URL": "ws://127.0.0.1:9555", "BTCSTREAM_WS_MAX_QUOTES_HZ": "4",
+                                  "BTCSTREAM_TRADES_TOPIC": "trades", "BTCSTREAM_RV_GRID": "5 minutes",
+                                  "BTCSTREAM_FEED": "rest"})
+    assert settings.binance_ws_url == "ws://127.0.0.1:9555"
+    assert settings.ws_max_quotes_hz == 4.0
+    assert settings.trades_topic == "trades"
+    assert settings.rv_grid_span.total_seconds() == 300
+    assert settings.feed == "rest"

@@ -26,6 +26,7 @@ ENV_PREFIX = "BTCSTREAM_"
 DEFAULT_CONFIG_FILE = default_config_file()
 SECRET_FIELDS = frozenset({"coingecko_api_key", "kafka_sasl_password"})
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+FEEDS = ("websocket", "rest")  # the producer's live feeds (`btcstream produce --feed`)
 _DURATION = re.compile(r"^\s*\d+\s+(second|minute|hour|day)s?\s*$")
 
 
@@ -46,6 +47,13 @@ class Settings:
     symbols: tuple[str, ...] = ("BTCUSDT",)
     poll_interval_s: float = 60.0
     binance_url: str = "https://api.binance.com"
+    binance_ws_url: str = "wss://stream.binance.com:9443"
+    feed: str = "websocket"
+    ws_max_quotes_hz: float = 10.0
+    ws_buffer_size: int = 10_000
+    ws_stale_after_s: float = 30.0
+    trades_topic: str = "btc_trades"
+    rv_grid: str = "1 minute"
     coingecko_url: str = "https://api.coingecko.com/api/v3"
     coingecko_min_interval_s: float = 30.0
     coingecko_api_key: str | None = field(default=None, repr=False)
@@ -101,8 +109,12 @@ class Settings:
     @property
     def allowed_lateness_span(self) -> timedelta:
         """`allowed_lateness` ("10 minutes", validated on load) as a timedelta."""
-        count, unit = self.allowed_lateness.split()
-        return timedelta(**{unit.rstrip("s") + "s": int(count)})
+        return _span(self.allowed_lateness)
+
+    @property
+    def rv_grid_span(self) -> timedelta:
+        """`rv_grid` ("1 minute": the realized-volatility sampling grid) as a timedelta."""
+        return _span(self.rv_grid)
 
     def storage_url(self, *parts: str) -> str:
         """A URL under the storage root: `storage_url("raw_data")` -> `hdfs://.../bitcoin/raw_data`."""
@@ -153,6 +165,12 @@ def _coerce(label: str, type_name: object, raw: object) -> object:
         raise SettingsError(label, raw, f"expected {kind}") from None
 
 
+def _span(duration: str) -> timedelta:
+    """"10 minutes" -> timedelta(minutes=10) (the format `_DURATION` accepts)."""
+    count, unit = duration.split()
+    return timedelta(**{unit.rstrip("s") + "s": int(count)})
+
+
 def _host_port(label: str, text: str) -> tuple[str, int]:
     host, sep, port = text.strip().rpartition(":")
     if not sep or not host or not port.isdigit():
@@ -163,8 +181,12 @@ def _host_port(label: str, text: str) -> tuple[str, int]:
 def _validate(s: Settings) -> None:
     """Reject values that would only fail later, far from their cause."""
     s.kafka_hosts  # raises on a malformed bootstrap list
-    if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", s.topic):
-        raise SettingsError("BTCSTREAM_TOPIC", s.topic, "a Kafka topic name uses only letters, digits, '.', '_' and '-'")
+    for name in ("topic", "trades_topic"):
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", getattr(s, name)):
+            raise SettingsError(ENV_PREFIX + name.upper(), getattr(s, name),
+                                "a Kafka topic name uses only letters, digits, '.', '_' and '-'")
+    if s.trades_topic == s.topic:
+        raise SettingsError("BTCSTREAM_TRADES_TOPIC", s.trades_topic, "must differ from BTCSTREAM_TOPIC (quotes)")
     parsed = urlparse(s.storage_root)
     if parsed.scheme == "hdfs":
         if not parsed.hostname:
@@ -178,10 +200,14 @@ def _validate(s: Settings) -> None:
         raise SettingsError("BTCSTREAM_SPARK_MASTER", s.spark_master, "expected local[*], local[N], spark://host:7077, yarn or k8s://...")
     if not _DURATION.match(s.allowed_lateness):
         raise SettingsError("BTCSTREAM_ALLOWED_LATENESS", s.allowed_lateness, "expected e.g. '10 minutes'")
-    for name in ("trigger_interval_s", "poll_interval_s", "coingecko_min_interval_s"):
+    if not _DURATION.match(s.rv_grid) or s.rv_grid_span > timedelta(hours=1) or 3600 % s.rv_grid_span.total_seconds():
+        raise SettingsError("BTCSTREAM_RV_GRID", s.rv_grid, "expected a step that divides an hour, e.g. '1 minute' or '5 minutes'")
+    if s.feed not in FEEDS:
+        raise SettingsError("BTCSTREAM_FEED", s.feed, f"expected one of {', '.join(FEEDS)}")
+    for name in ("trigger_interval_s", "poll_interval_s", "coingecko_min_interval_s", "ws_max_quotes_hz", "ws_stale_after_s"):
         if not getattr(s, name) > 0:
             raise SettingsError(ENV_PREFIX + name.upper(), getattr(s, name), "must be > 0")
-    for name in ("topic_partitions", "topic_retention_hours", "max_offsets_per_trigger", "webhdfs_port"):
+    for name in ("topic_partitions", "topic_retention_hours", "max_offsets_per_trigger", "webhdfs_port", "ws_buffer_size"):
         if getattr(s, name) <= 0:
             raise SettingsError(ENV_PREFIX + name.upper(), getattr(s, name), "must be a positive integer")
     if not s.symbols or not all(re.fullmatch(r"[A-Z0-9]{2,20}", sym) for sym in s.symbols):
@@ -189,3 +215,5 @@ def _validate(s: Settings) -> None:
     for name in ("binance_url", "coingecko_url"):
         if urlparse(getattr(s, name)).scheme not in ("http", "https"):
             raise SettingsError(ENV_PREFIX + name.upper(), getattr(s, name), "expected an http(s):// URL")
+    if urlparse(s.binance_ws_url).scheme not in ("ws", "wss"):
+        raise SettingsError("BTCSTREAM_BINANCE_WS_URL", s.binance_ws_url, "expected a ws:// or wss:// URL")
