@@ -176,6 +176,7 @@ class MarketPoller:
             market_cap=market.market_cap if market else None,
             coingecko_total_volume=market.total_volume if market else None,
             coingecko_last_updated=iso_utc(market.last_updated) if market and market.last_updated else None,
+            feed="rest",
         )
 
 

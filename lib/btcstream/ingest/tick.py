@@ -5,16 +5,21 @@ coin's CoinGecko market data. Producer and streaming job both import from here; 
 spells field names (what each holds: docs/schema.md). Not for: validation of prices (the streaming
 job quarantines bad ticks).
 
+Schema versions: 1 (REST polls, the seed's layout) and 2 (adds `feed`, `update_id`, `received_at`;
+WebSocket quotes carry the bookTicker's update id, and several of them can share a millisecond, so
+they are told apart by (symbol, update_id)). Version 1 records stay valid: the new fields are null.
+
 Example of the JSON on the topic (key = symbol, UTF-8):
 
-    {"schema_version": 1, "symbol": "BTCUSDT",
+    {"schema_version": 2, "symbol": "BTCUSDT",
      "event_time": "2025-02-14T10:58:31.204000+00:00", "timestamp": "2025-02-14T10:58:31.251000+00:00",
      "bid_price": 97017.57, "ask_price": 97017.58, "bid_qty": 0.10025, "ask_qty": 7.11458,
      "volume_24h": 18012.3, "quote_volume_24h": 1738221467.31, "high_24h": 97231.0, "low_24h": 95410.0,
      "price_change_24h": 887.8, "price_change_percentage_24h": 0.923,
      "trade_timestamp": "2025-02-14T10:58:36+00:00",
      "market_cap": 1923087506901.0, "coingecko_total_volume": 30381193367.0,
-     "coingecko_last_updated": "2025-02-14T10:58:30.120000+00:00"}
+     "coingecko_last_updated": "2025-02-14T10:58:30.120000+00:00",
+     "feed": "websocket", "update_id": 400900217, "received_at": "2025-02-14T10:58:31.212000+00:00"}
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pyspark is heavy to import; the producer does not need it.
     from pyspark.sql.types import StructType
 
-SCHEMA_VERSION = 1
-SUPPORTED_SCHEMA_VERSIONS = frozenset({SCHEMA_VERSION})
+SCHEMA_VERSION = 2
+SUPPORTED_SCHEMA_VERSIONS = frozenset({1, SCHEMA_VERSION})
+FEEDS = ("rest", "websocket")  # `feed`: which producer feed built the record
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,11 @@ class Tick:
     coingecko_total_volume: float | None = None  # CoinGecko 24 h total volume, USD
     coingecko_last_updated: str | None = None  # CoinGecko's own observation time of the two above
     schema_version: int = SCHEMA_VERSION
+    feed: str | None = None  # "rest" or "websocket" (None: a version 1 record)
+    # The bookTicker's order-book update id (`u`), WebSocket quotes only: increases with every book
+    # change, so a quote is identified by (symbol, update_id) and a jump shows missed updates.
+    update_id: int | None = None
+    received_at: str | None = None  # when the producer received the quote, UTC ISO on the producer's clock
 
     def to_json(self) -> bytes:
         """The UTF-8 JSON value written to Kafka."""
@@ -70,7 +81,9 @@ class Tick:
 
 
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Tick))
-TIME_FIELDS = frozenset({"event_time", "timestamp", "trade_timestamp", "coingecko_last_updated"})
+TIME_FIELDS = frozenset({"event_time", "timestamp", "trade_timestamp", "coingecko_last_updated", "received_at"})
+TEXT_FIELDS = frozenset({"symbol", "feed"})
+INTEGER_FIELDS = frozenset({"update_id"})
 
 
 def iso_utc(moment: datetime) -> str:
@@ -87,12 +100,14 @@ def utc_from_ms(epoch_ms: int | float) -> datetime:
 
 def spark_schema() -> "StructType":
     """The Spark schema of the JSON value. Times arrive as strings and are parsed by the job."""
-    from pyspark.sql.types import DoubleType, IntegerType, StringType, StructField, StructType
+    from pyspark.sql.types import DoubleType, IntegerType, LongType, StringType, StructField, StructType
 
     def spark_type(name: str) -> Any:
         if name == "schema_version":
             return IntegerType()
-        if name == "symbol" or name in TIME_FIELDS:
+        if name in INTEGER_FIELDS:
+            return LongType()
+        if name in TEXT_FIELDS or name in TIME_FIELDS:
             return StringType()
         return DoubleType()
 
