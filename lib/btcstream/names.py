@@ -19,6 +19,8 @@ from __future__ import annotations
 RAW_DATASET = "raw_data"
 HOURLY_DATASET = "hourly_metrics"
 QUARANTINE_DATASET = "quarantine"
+TRADES_DATASET = "trades"  # aggregate trades (btcstream.ingest.trade), partitioned by date/hour of trade_time
+KLINES_DATASET = "klines"  # Binance klines written by `btcstream backfill`, partitioned by interval and date
 DATASETS: tuple[str, ...] = (RAW_DATASET, HOURLY_DATASET, QUARANTINE_DATASET)
 CHECKPOINTS_DIR = "checkpoints"
 PROGRESS_DIR = "progress"  # under CHECKPOINTS_DIR: the queries' persisted progress documents
