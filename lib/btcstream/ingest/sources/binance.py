@@ -65,6 +65,16 @@ class Kline:
     close_time: datetime | None
     quote_volume: float | None
     trades: int | None
+    taker_buy_volume: float | None = None  # base asset bought by takers (market buys)
+    taker_buy_quote_volume: float | None = None
+
+
+@dataclass(frozen=True)
+class KlinePage:
+    """One answer of `GET /api/v3/klines`: the parsed bars, and how many rows could not be parsed at all."""
+
+    klines: list[Kline]
+    unparsed_rows: int  # not an array, too short, or no open time: nothing to keep
 
 
 def parse_server_time(payload: Any) -> datetime:
@@ -122,7 +132,9 @@ def parse_kline(row: Any) -> Kline | None:
     trades = as_float(row[8])
     return Kline(open_time=open_time, open=as_float(row[1]), high=as_float(row[2]), low=as_float(row[3]),
                  close=as_float(row[4]), volume=as_float(row[5]), close_time=as_utc_from_ms(row[6]),
-                 quote_volume=as_float(row[7]), trades=None if trades is None else int(trades))
+                 quote_volume=as_float(row[7]), trades=None if trades is None else int(trades),
+                 taker_buy_volume=as_float(row[9]) if len(row) > 9 else None,
+                 taker_buy_quote_volume=as_float(row[10]) if len(row) > 10 else None)
 
 
 class BinanceClient:
@@ -175,6 +187,15 @@ class BinanceClient:
     def klines(self, symbol: str, interval: str = "1h", start: datetime | None = None, end: datetime | None = None,
                limit: int = 500) -> list[Kline]:
         """`GET /api/v3/klines` (weight 2): bars with open time in [start, end], oldest first, at most `limit`."""
+        return self.kline_page(symbol, interval, start, end, limit).klines
+
+    def kline_page(self, symbol: str, interval: str = "1h", start: datetime | None = None,
+                   end: datetime | None = None, limit: int = KLINES_MAX_LIMIT) -> KlinePage:
+        """One page of `GET /api/v3/klines` (weight 2), counting the rows that could not be parsed.
+
+        A pager (`btcstream.ingest.backfill`) asks again from the last open time + 1 ms until a page
+        comes back shorter than `limit` or reaches `end`.
+        """
         if interval not in KLINE_INTERVALS:
             raise ValueError(f"interval {interval!r} is not one of {', '.join(KLINE_INTERVALS)}")
         if not 1 <= limit <= KLINES_MAX_LIMIT:
@@ -187,7 +208,9 @@ class BinanceClient:
         payload = self._get("/api/v3/klines", params)
         if not isinstance(payload, list):
             raise BadResponse(self.http.host, "/api/v3/klines", f"expected a JSON array, got {str(payload)[:120]}")
-        return [kline for kline in (parse_kline(row) for row in payload) if kline is not None]
+        parsed = [parse_kline(row) for row in payload]
+        klines = [kline for kline in parsed if kline is not None]
+        return KlinePage(klines=klines, unparsed_rows=len(parsed) - len(klines))
 
     def close(self) -> None:
         self.http.close()
