@@ -1,4 +1,4 @@
-"""Binance spot REST market data: server time, book ticker, 24 h statistics, klines.
+"""Binance spot REST market data: server time, book ticker, 24 h statistics, klines, aggregate trades.
 
 Contracts: `/work/shared/reference/market-apis.md` (prices and quantities arrive as strings, times
 as epoch milliseconds). Each parser normalises at the edge: floats, aware UTC datetimes; a missing,
@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 USED_WEIGHT_HEADER = "X-MBX-USED-WEIGHT-1M"
 KLINE_INTERVALS = ("1s", "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1M")
 KLINES_MAX_LIMIT = 1000
+AGG_TRADES_MAX_LIMIT = 1000
+AGG_TRADES_WEIGHT = 4  # `GET /api/v3/aggTrades`, whatever the limit
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,45 @@ class KlinePage:
 
     klines: list[Kline]
     unparsed_rows: int  # not an array, too short, or no open time: nothing to keep
+
+
+@dataclass(frozen=True)
+class AggTrade:
+    """One aggregate trade: the fills of one taker order at one price (REST `aggTrades` or the `@aggTrade` stream)."""
+
+    symbol: str
+    trade_id: int  # `a`: increases by one per symbol
+    price: float
+    qty: float
+    first_trade_id: int  # `f`
+    last_trade_id: int  # `l`
+    trade_time: datetime  # `T`
+    buyer_is_maker: bool  # `m`: true = a sell hit the bid
+
+
+def _as_int(value: Any) -> int | None:
+    """A JSON integer (not a bool, not a float) as int, else None: ids must not be guessed from 1.5 or "7"."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def parse_agg_trade(item: Any, symbol: str) -> AggTrade | None:
+    """One aggregate-trade object -> AggTrade, or None when any field is missing or of the wrong type.
+
+    Raw (REST; the stream's event adds `"e":"aggTrade","E":..,"s":"BTCUSDT"`):
+    `{"a":26129,"p":"16500.01","q":"0.010","f":100,"l":105,"T":1672515782136,"m":true,"M":true}`
+    A trade is all or nothing: a record with a made-up price or id would be worse than a counted skip.
+    """
+    if not isinstance(item, dict):
+        return None
+    trade_id, first, last = _as_int(item.get("a")), _as_int(item.get("f")), _as_int(item.get("l"))
+    price, qty = as_float(item.get("p")), as_float(item.get("q"))
+    trade_time = as_utc_from_ms(_as_int(item.get("T")))
+    maker = item.get("m")
+    if trade_id is None or first is None or last is None or price is None or qty is None or trade_time is None \
+            or not isinstance(maker, bool):
+        return None
+    return AggTrade(symbol=symbol.upper(), trade_id=trade_id, price=price, qty=qty, first_trade_id=first,
+                    last_trade_id=last, trade_time=trade_time, buyer_is_maker=maker)
 
 
 def parse_server_time(payload: Any) -> datetime:
@@ -146,6 +187,7 @@ class BinanceClient:
             raise ValueError("BinanceClient needs base_url (Settings.binance_url) or an http client")
         self.http = http or JsonHttpClient(str(base_url))
         self.used_weight_1m: int | None = None  # from the last answer's X-MBX-USED-WEIGHT-1M
+        self.skipped_agg_trades = 0  # aggTrades items that did not parse
 
     def server_time(self) -> datetime:
         """`GET /api/v3/time` (weight 1): the exchange's clock."""
@@ -211,6 +253,23 @@ class BinanceClient:
         parsed = [parse_kline(row) for row in payload]
         klines = [kline for kline in parsed if kline is not None]
         return KlinePage(klines=klines, unparsed_rows=len(parsed) - len(klines))
+
+    def agg_trades(self, symbol: str, from_id: int, limit: int = AGG_TRADES_MAX_LIMIT) -> list[AggTrade]:
+        """`GET /api/v3/aggTrades?symbol=..&fromId=..&limit=..` (weight 4): trades with id >= `from_id`, oldest first.
+
+        Used to fill trade-id gaps of the WebSocket feed. Items that do not parse are left out and
+        counted in `skipped_agg_trades` (the caller sees the hole as ids still missing).
+        """
+        if not 1 <= limit <= AGG_TRADES_MAX_LIMIT:
+            raise ValueError(f"limit must be 1..{AGG_TRADES_MAX_LIMIT}, got {limit}")
+        if from_id < 0:
+            raise ValueError(f"from_id must be >= 0, got {from_id}")
+        payload = self._get("/api/v3/aggTrades", {"symbol": symbol.upper(), "fromId": from_id, "limit": limit})
+        if not isinstance(payload, list):
+            raise BadResponse(self.http.host, "/api/v3/aggTrades", f"expected a JSON array, got {str(payload)[:120]}")
+        trades = [parse_agg_trade(item, symbol) for item in payload]
+        self.skipped_agg_trades += sum(trade is None for trade in trades)
+        return [trade for trade in trades if trade is not None]
 
     def close(self) -> None:
         self.http.close()
