@@ -2,15 +2,19 @@
 
 Binance sends prices and quantities as strings with 8 decimals and times as epoch ms; CoinGecko
 sends JSON numbers (or null) and ISO-8601 UTC times with milliseconds and `Z`.
+The WebSocket events (`book_ticker_event`, `agg_trade_event`, `ticker_24h_event`) are serialised
+here once per message, compactly, so the stream server can send the same bytes to every subscriber.
 See `/work/shared/reference/market-apis.md`. Not for: HTTP status handling (see `server`).
 """
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from typing import Any
 
 from btcstream.exchange.market import DAY_MS, ReplayMarket
+from btcstream.exchange.tape import AggTrade, BookUpdate
 from btcstream.symbols import coin_id_for_symbol
 
 KLINE_INTERVAL_MS = {
@@ -36,6 +40,42 @@ def book_ticker(market: ReplayMarket, symbol: str, now_ms: int) -> dict[str, str
     quote = market.quote(symbol, now_ms)
     return {"symbol": symbol, "bidPrice": binance_number(quote.bid_price), "bidQty": binance_number(quote.bid_qty),
             "askPrice": binance_number(quote.ask_price), "askQty": binance_number(quote.ask_qty)}
+
+
+def book_ticker_event(update: BookUpdate) -> str:
+    """`<symbol>@bookTicker` (no event time, as Binance):
+    `{"u":400900217,"s":"BTCUSDT","b":"97017.57000000","B":"0.10025000","a":"97017.58000000","A":"7.11458000"}`."""
+    return (f'{{"u":{update.update_id},"s":"{update.symbol}","b":"{update.bid_price:.8f}","B":"{update.bid_qty:.8f}",'
+            f'"a":"{update.ask_price:.8f}","A":"{update.ask_qty:.8f}"}}')
+
+
+def agg_trade_event(trade: AggTrade, event_ms: int) -> str:
+    """`<symbol>@aggTrade`: `{"e":"aggTrade","E":..,"s":..,"a":..,"p":..,"q":..,"f":..,"l":..,"T":..,"m":..,"M":true}`."""
+    return (f'{{"e":"aggTrade","E":{event_ms},"s":"{trade.symbol}","a":{trade.trade_id},"p":"{trade.price:.8f}",'
+            f'"q":"{trade.qty:.8f}","f":{trade.first_trade_id},"l":{trade.last_trade_id},"T":{trade.time_ms},'
+            f'"m":{"true" if trade.buyer_is_maker else "false"},"M":true}}')
+
+
+def agg_trade_rest(trade: AggTrade) -> dict[str, Any]:
+    """One element of `GET /api/v3/aggTrades`: `{"a":26129,"p":"0.01633102","q":"4.70443515","f":27781,"l":27781,
+    "T":1498793709153,"m":true,"M":true}`."""
+    return {"a": trade.trade_id, "p": binance_number(trade.price), "q": binance_number(trade.qty),
+            "f": trade.first_trade_id, "l": trade.last_trade_id, "T": trade.time_ms, "m": trade.buyer_is_maker, "M": True}
+
+
+# REST 24 h ticker field -> its short name in the `<symbol>@ticker` event
+TICKER_EVENT_FIELDS = {"priceChange": "p", "priceChangePercent": "P", "weightedAvgPrice": "w", "prevClosePrice": "x",
+                       "lastPrice": "c", "lastQty": "Q", "bidPrice": "b", "bidQty": "B", "askPrice": "a", "askQty": "A",
+                       "openPrice": "o", "highPrice": "h", "lowPrice": "l", "volume": "v", "quoteVolume": "q",
+                       "openTime": "O", "closeTime": "C", "firstId": "F", "lastId": "L", "count": "n"}
+
+
+def ticker_24h_event(market: ReplayMarket, symbol: str, now_ms: int) -> str:
+    """`<symbol>@ticker` (rolling 24 h statistics): the REST FULL ticker under the stream's short names."""
+    full = ticker_24h(market, symbol, now_ms)
+    event: dict[str, Any] = {"e": "24hrTicker", "E": now_ms, "s": symbol}
+    event.update({short: full[name] for name, short in TICKER_EVENT_FIELDS.items()})
+    return json.dumps(event, separators=(",", ":"))
 
 
 def ticker_24h(market: ReplayMarket, symbol: str, now_ms: int, mini: bool = False) -> dict[str, Any]:
