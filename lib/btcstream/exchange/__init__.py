@@ -1,7 +1,9 @@
 """The local exchange (`btcstream exchange`): Binance and CoinGecko endpoints replaying real history.
 
-Start one in-process (`start_exchange`) or as a child process (`spawn_exchange`); both give the two
-base URLs to point the producer at (`exchange.settings_for(settings)`). Example, in a notebook:
+Binance REST, Binance WebSocket market streams (bookTicker, aggTrade, ticker; see `streams`) and
+CoinGecko, each on its own loopback port. Start one in-process (`start_exchange`) or as a child
+process (`spawn_exchange`); both give the base URLs to point the producer at
+(`exchange.settings_for(settings)` sets BINANCE_URL, BINANCE_WS_URL and COINGECKO_URL). Example, in a notebook:
 
     from btcstream.exchange import replay_exchange
     with replay_exchange(settings, speed=3600) as replay_settings:   # an hour of history per second
@@ -26,7 +28,7 @@ from typing import Iterator, Mapping, Sequence
 from urllib.parse import urlparse
 
 from btcstream.errors import BtcstreamError
-from btcstream.exchange.faults import Fault
+from btcstream.exchange.faults import Fault, StreamFault
 from btcstream.exchange.history import DEFAULT_SYMBOL, History, default_history_path, load_history
 from btcstream.exchange.market import DAY_MS, ReplayMarket, SimulatedClock
 from btcstream.exchange.server import ExchangeServer
@@ -36,8 +38,8 @@ log = logging.getLogger(__name__)
 
 SPAWN_READY_TIMEOUT_S = 60.0
 DEFAULT_REPLAY_SPEED = 1800.0  # exchange seconds per wall second: an hour of history every 2 s
-__all__ = ["DEFAULT_REPLAY_SPEED", "ExchangeServer", "ExchangeProcess", "Fault", "build_market", "replay_exchange",
-           "start_exchange", "spawn_exchange"]
+__all__ = ["DEFAULT_REPLAY_SPEED", "ExchangeServer", "ExchangeProcess", "Fault", "StreamFault", "build_market",
+           "replay_exchange", "start_exchange", "spawn_exchange"]
 
 
 def build_market(history: Mapping[str, Path | str] | None = None, speed: float = 1.0,
@@ -57,20 +59,28 @@ def build_market(history: Mapping[str, Path | str] | None = None, speed: float =
 
 def start_exchange(history: Mapping[str, Path | str] | None = None, speed: float = 1.0, start: datetime | None = None,
                    seed: int = 0, **server_options: object) -> ExchangeServer:
-    """Start the local exchange in this process on ephemeral loopback ports; call `.stop()` (or use `with`)."""
+    """Start the local exchange in this process on ephemeral loopback ports; call `.stop()` (or use `with`).
+
+    `server_options` go to `ExchangeServer` (e.g. `ws_quotes_per_second=200, ws_trades_per_second=20`).
+    """
     return ExchangeServer(build_market(history, speed, start, seed), **server_options).start()  # type: ignore[arg-type]
 
 
 @contextmanager
 def replay_exchange(settings: Settings, history: Mapping[str, Path | str] | None = None,
                     speed: float = DEFAULT_REPLAY_SPEED, start: datetime | None = None) -> Iterator[Settings]:
-    """Settings whose Binance and CoinGecko URLs serve a replay, for the duration of the `with` block.
+    """Settings whose Binance (REST and WebSocket) and CoinGecko URLs serve a replay, for the `with` block.
 
     When `settings.binance_url` is already a loopback URL (a `btcstream exchange` you started), it
-    is used as it is. Otherwise an exchange replaying `history` ({symbol: kline CSV}, default the
-    shipped BTCUSDT history) at `speed` starts in this process and stops when the block ends.
+    is used as it is (with the WebSocket feed, BTCSTREAM_BINANCE_WS_URL must then be a loopback URL
+    too: the exchange prints it). Otherwise an exchange replaying `history` ({symbol: kline CSV},
+    default the shipped BTCUSDT history) at `speed` starts in this process and stops when the block ends.
     """
     if urlparse(settings.binance_url).hostname in LOCAL_HOSTS:
+        if settings.feed == "websocket" and urlparse(settings.binance_ws_url).hostname not in LOCAL_HOSTS:
+            raise BtcstreamError(f"BTCSTREAM_BINANCE_URL points at a local exchange ({settings.binance_url}) but "
+                                 f"BTCSTREAM_BINANCE_WS_URL at {settings.binance_ws_url}: set it to the ws_url that "
+                                 "`btcstream exchange` printed (e.g. ws://127.0.0.1:8082), or use --feed rest")
         yield settings
         return
     exchange = start_exchange(history, speed=speed, start=start)
@@ -92,10 +102,11 @@ class ExchangeProcess:
     process: subprocess.Popen[str]
     binance_url: str
     coingecko_url: str
+    ws_url: str
 
     def settings_for(self, settings: Settings) -> Settings:
-        """Settings pointing the Binance and CoinGecko clients at this exchange."""
-        return settings.replace(binance_url=self.binance_url, coingecko_url=self.coingecko_url)
+        """Settings pointing the Binance (REST and WebSocket) and CoinGecko clients at this exchange."""
+        return settings.replace(binance_url=self.binance_url, binance_ws_url=self.ws_url, coingecko_url=self.coingecko_url)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -115,8 +126,12 @@ class ExchangeProcess:
 
 def spawn_exchange(history: Mapping[str, Path | str] | None = None, speed: float = 1.0,
                    extra_args: Sequence[str] = ()) -> ExchangeProcess:
-    """Run `btcstream exchange` as a child process on ephemeral ports; returns once it serves."""
-    command = [sys.executable, "-m", "btcstream", "exchange", "--speed", str(speed), "--port", "0", "--coingecko-port", "0"]
+    """Run `btcstream exchange` as a child process on ephemeral ports; returns once it serves.
+
+    `extra_args` are more `btcstream exchange` options, e.g. `["--ws-quotes-per-second", "200"]`.
+    """
+    command = [sys.executable, "-m", "btcstream", "exchange", "--speed", str(speed), "--port", "0", "--coingecko-port", "0",
+               "--ws-port", "0"]
     for symbol, path in (history or {}).items():
         command += ["--history", f"{symbol}={path}"]
     command += list(extra_args)
@@ -126,5 +141,5 @@ def spawn_exchange(history: Mapping[str, Path | str] | None = None, speed: float
         process.wait(timeout=SPAWN_READY_TIMEOUT_S)
         raise BtcstreamError(f"`btcstream exchange` exited with code {process.returncode} before serving (see its stderr)")
     urls = json.loads(line)
-    return ExchangeProcess(process, urls["binance_url"], urls["coingecko_url"])
+    return ExchangeProcess(process, urls["binance_url"], urls["coingecko_url"], urls["ws_url"])
 

@@ -1,14 +1,18 @@
 """The local exchange: Binance and CoinGecko endpoints over HTTP, answered from a `ReplayMarket`.
 
 Two listeners, like two hosts: the Binance one (`/api/v3/time`, `/api/v3/ticker/bookTicker`,
-`/api/v3/ticker/24hr`, `/api/v3/klines`) and the CoinGecko one (`/api/v3/coins/markets`), so rate
-limits and bans are per host as in production. Binance request weight is counted per simulated
+`/api/v3/ticker/24hr`, `/api/v3/klines`, `/api/v3/aggTrades`) and the CoinGecko one
+(`/api/v3/coins/markets`), so rate limits and bans are per host as in production. A third listener
+serves Binance's WebSocket market streams (`streams`, `ws_url`); `/api/v3/aggTrades` answers from the
+same tape (`tape`) as the `@aggTrade` streams, so a client fills a stream's trade-id gap by id. Binance request weight is counted per simulated
 minute and reported in `X-MBX-USED-WEIGHT-1M`; going over the limit gives 429 + Retry-After, and
 calling again before Retry-After has passed gives a 418 ban, as Binance does. CoinGecko allows
 `coingecko_calls_per_minute` calls per simulated minute. Retry-After is in wall-clock seconds.
 
 Both listeners also answer `/_control/...` (not part of either API): `GET /_control/state`,
-`POST /_control/faults` (a JSON `Fault`), `DELETE /_control/faults`, `POST /_control/clock` (`{"speed": x}`).
+`POST /_control/faults` (a JSON `Fault`), `DELETE /_control/faults`, `POST /_control/clock` (`{"speed": x}`),
+`POST /_control/ws-faults` (a JSON `StreamFault`; answers `{"applied": [..], "pending": [..]}`),
+`GET /_control/ws-faults`, `DELETE /_control/ws-faults` (pending faults dropped, silences ended).
 Built on the standard library's ThreadingHTTPServer. Not for: anything but rehearsal and tests.
 """
 
@@ -27,9 +31,11 @@ from typing import Any, Callable
 from urllib.parse import parse_qs, urlparse
 
 from btcstream.exchange import payloads
-from btcstream.exchange.faults import Fault, FaultPlan
+from btcstream.exchange.faults import Fault, FaultPlan, StreamFault
 from btcstream.errors import UnknownSymbol
-from btcstream.exchange.market import ReplayMarket
+from btcstream.exchange.market import DAY_MS, ReplayMarket
+from btcstream.exchange.streams import PING_INTERVAL_S, PONG_TIMEOUT_S, TICK_S, StreamServer
+from btcstream.exchange.tape import Tape
 from btcstream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,7 +45,11 @@ COINGECKO_CALLS_PER_MINUTE = 30
 BAN_SECONDS = 120.0  # Binance's shortest automatic IP ban
 MINUTE_MS = 60_000
 KLINES_DEFAULT_LIMIT, KLINES_MAX_LIMIT = 500, 1000
-WEIGHTS = {"/api/v3/time": 1, "/api/v3/klines": 2}
+AGG_TRADES_DEFAULT_LIMIT, AGG_TRADES_MAX_LIMIT = 500, 1000
+AGG_TRADES_MAX_WINDOW_MS = 3_600_000  # startTime and endTime together: less than one hour apart
+WEIGHTS = {"/api/v3/time": 1, "/api/v3/klines": 2, "/api/v3/aggTrades": 4}
+WS_QUOTES_PER_SECOND = 10.0  # bookTicker updates per symbol per wall second (at the clock's starting speed)
+WS_TRADES_PER_SECOND = 5.0  # aggregate trades per symbol per wall second
 JSON_TYPE = "application/json;charset=UTF-8"
 
 BINANCE_ERRORS = {
@@ -76,12 +86,25 @@ class _HostLimits:
 
 
 class ExchangeServer:
-    """Serves a ReplayMarket on two loopback ports (Binance, CoinGecko). Use as a context manager or start()/stop()."""
+    """Serves a ReplayMarket on loopback ports: Binance REST, CoinGecko, Binance WebSocket streams.
+
+    Use as a context manager or start()/stop(). Stream options: `ws_quotes_per_second` and
+    `ws_trades_per_second` (per symbol, wall clock, at the clock's speed when the server is built; see
+    `tape`), `ws_ping_interval_s`, `ws_pong_timeout_s`, `ws_max_connection_age_ms` (simulated; None: no
+    cut), `ws_tick_s`, `ws_ticker_interval_s`.
+    """
 
     def __init__(self, market: ReplayMarket, host: str = "127.0.0.1", binance_port: int = 0, coingecko_port: int = 0,
                  weight_limit: int = BINANCE_WEIGHT_LIMIT_1M, coingecko_calls_per_minute: int = COINGECKO_CALLS_PER_MINUTE,
-                 ban_seconds: float = BAN_SECONDS) -> None:
+                 ban_seconds: float = BAN_SECONDS, ws_port: int = 0, ws_quotes_per_second: float = WS_QUOTES_PER_SECOND,
+                 ws_trades_per_second: float = WS_TRADES_PER_SECOND, ws_ping_interval_s: float = PING_INTERVAL_S,
+                 ws_pong_timeout_s: float = PONG_TIMEOUT_S, ws_max_connection_age_ms: int | None = DAY_MS,
+                 ws_tick_s: float = TICK_S, ws_ticker_interval_s: float = 1.0) -> None:
         self.market = market
+        self.tape = Tape(market, ws_quotes_per_second, ws_trades_per_second)
+        self.streams = StreamServer(market, self.tape, host, ws_port, ping_interval_s=ws_ping_interval_s,
+                                    pong_timeout_s=ws_pong_timeout_s, max_connection_age_ms=ws_max_connection_age_ms,
+                                    tick_s=ws_tick_s, ticker_interval_s=ws_ticker_interval_s)
         self.faults = FaultPlan()
         self.weight_limit = weight_limit
         self.coingecko_calls_per_minute = coingecko_calls_per_minute
@@ -107,20 +130,27 @@ class ExchangeServer:
         host, port = self._servers["coingecko"].server_address[:2]
         return f"http://{host}:{port}/api/v3"
 
+    @property
+    def ws_url(self) -> str:
+        """The WebSocket streams' base URL, e.g. `ws://127.0.0.1:8082` (bound once started)."""
+        return self.streams.url
+
     def start(self) -> "ExchangeServer":
         """Serve in background threads (a no-op when already serving)."""
         if self._threads:
             return self
+        self.streams.start()
         for api, server in self._servers.items():
             thread = threading.Thread(target=server.serve_forever, name=f"exchange-{api}", daemon=True)
             thread.start()
             self._threads.append(thread)
-        log.info("local exchange replaying %s at speed %g: Binance %s, CoinGecko %s", ",".join(self.market.symbols),
-                 self.market.clock.speed, self.binance_url, self.coingecko_url)
+        log.info("local exchange replaying %s at speed %g: Binance %s, streams %s, CoinGecko %s", ",".join(self.market.symbols),
+                 self.market.clock.speed, self.binance_url, self.ws_url, self.coingecko_url)
         return self
 
     def stop(self) -> None:
         self._stopping.set()  # releases handlers held by a `timeout` fault
+        self.streams.stop()
         for server in self._servers.values():
             server.shutdown()
             server.server_close()
@@ -134,17 +164,26 @@ class ExchangeServer:
         self.stop()
 
     def settings_for(self, settings: Settings) -> Settings:
-        """Settings pointing the Binance and CoinGecko clients at this exchange."""
-        return settings.replace(binance_url=self.binance_url, coingecko_url=self.coingecko_url)
+        """Settings pointing the Binance (REST and WebSocket) and CoinGecko clients at this exchange."""
+        return settings.replace(binance_url=self.binance_url, binance_ws_url=self.ws_url, coingecko_url=self.coingecko_url)
 
     def inject(self, fault: Fault) -> None:
-        """Add a fault rule (see `faults`)."""
+        """Add a fault rule for the HTTP endpoints (see `faults`)."""
         self.faults.add(fault)
 
+    def inject_ws_fault(self, fault: StreamFault) -> list[dict[str, Any]]:
+        """Apply a WebSocket fault (see `faults.StreamFault`); returns what was done to which open connection."""
+        return self.streams.inject(fault)
+
+    def clear_ws_faults(self) -> None:
+        """Drop pending WebSocket faults, end silences, cancel gaps still to come."""
+        self.streams.clear_faults()
+
     def state(self) -> dict[str, Any]:
+        """Clock, requests, HTTP faults, and the WebSocket streams' state under `ws` (see `StreamServer.state`)."""
         return {"now_ms": self.market.clock.now_ms(), "speed": self.market.clock.speed, "symbols": self.market.symbols,
                 "requests": dict(self.requests), "calls_during_ban": self.calls_during_ban,
-                "faults": [f.to_dict() for f in self.faults.active()]}
+                "faults": [f.to_dict() for f in self.faults.active()], "ws": self.streams.state()}
 
     # -- request handling --------------------------------------------------------------------------------
     def handle(self, api: str, method: str, raw_path: str, body: bytes) -> _Reply:
@@ -181,7 +220,8 @@ class ExchangeServer:
     def _route(self, api: str, path: str) -> Callable[[dict[str, str]], _Reply] | None:
         if api == "binance":
             return {"/api/v3/time": self._time, "/api/v3/ticker/bookTicker": self._book_ticker,
-                    "/api/v3/ticker/24hr": self._ticker_24h, "/api/v3/klines": self._klines}.get(path)
+                    "/api/v3/ticker/24hr": self._ticker_24h, "/api/v3/klines": self._klines,
+                    "/api/v3/aggTrades": self._agg_trades}.get(path)
         return {"/api/v3/coins/markets": self._coins_markets}.get(path)
 
     def _weight(self, path: str, query: dict[str, str]) -> int:
@@ -290,6 +330,30 @@ class ExchangeServer:
                                _int_param(query, "startTime", None), _int_param(query, "endTime", None), limit)
         return _Reply(200, rows)
 
+    def _agg_trades(self, query: dict[str, str]) -> _Reply:
+        """Aggregate trades from the tape that have happened by now: by `fromId`, by time window, or the newest."""
+        if "symbol" not in query:
+            raise _BadParameter(-1102, "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed.")
+        symbol = _one_symbol(self.market, query["symbol"])
+        limit = _int_param(query, "limit", AGG_TRADES_DEFAULT_LIMIT)
+        if not 1 <= limit <= AGG_TRADES_MAX_LIMIT:  # type: ignore[operator]
+            raise _BadParameter(-1100, "Illegal characters found in parameter 'limit'; legal range is '1'-'1000'.")
+        from_id, start, end = (_int_param(query, name, None) for name in ("fromId", "startTime", "endTime"))
+        if from_id is not None and from_id < 0:
+            raise _BadParameter(-1100, "Illegal characters found in parameter 'fromId'; legal range is '0'-'9223372036854775807'.")
+        if start is not None and end is not None and end - start >= AGG_TRADES_MAX_WINDOW_MS:
+            raise _BadParameter(-1127, "More than 1 hours between startTime and endTime.")
+        tape, now = self.tape, self.market.clock.now_ms()
+        newest = tape.last_trade_id(symbol, now if end is None else min(now, end))
+        if from_id is not None:
+            first = max(from_id, tape.first_trade_id_at_or_after(symbol, start) if start is not None else 0)
+        elif start is not None:
+            first = tape.first_trade_id_at_or_after(symbol, start)
+        else:
+            first = newest - limit + 1  # the newest `limit` trades (up to endTime when given)
+        last = min(newest, max(first, 0) + limit - 1)  # type: ignore[operator]
+        return _Reply(200, [payloads.agg_trade_rest(trade) for trade in tape.trades(symbol, first, last)])
+
     def _coins_markets(self, query: dict[str, str]) -> _Reply:
         if query.get("vs_currency", "").lower() != "usd":
             return _Reply(400, {"error": "invalid vs_currency (this local exchange serves usd only)"})
@@ -312,6 +376,14 @@ class ExchangeServer:
             if path == "/_control/clock" and method == "POST":
                 self.market.clock.set_speed(float(json.loads(body)["speed"]))
                 return _Reply(200, self.state())
+            if path == "/_control/ws-faults" and method == "POST":
+                applied = self.inject_ws_fault(StreamFault(**json.loads(body or b"{}")))
+                return _Reply(200, {"applied": applied, "pending": self.streams.state()["faults"]["pending"]})
+            if path == "/_control/ws-faults" and method == "GET":
+                return _Reply(200, self.streams.state()["faults"])
+            if path == "/_control/ws-faults" and method == "DELETE":
+                self.clear_ws_faults()
+                return _Reply(200, self.streams.state()["faults"])
         except (ValueError, TypeError, KeyError) as error:
             return _Reply(400, {"error": str(error)})
         return _Reply(404, {"error": f"no control endpoint {method} {path}"})
