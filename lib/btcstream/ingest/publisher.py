@@ -1,4 +1,6 @@
-"""Delivering ticks to Kafka without loss or duplication: idempotent producer, an outbox, patient reconnects.
+"""Delivering records to Kafka without loss or duplication: idempotent producer, an outbox, patient reconnects.
+
+Ticks (quotes) go to `settings.topic`, trades (WebSocket feed) to `settings.trades_topic`; both keyed by symbol.
 
 - The kafka-python producer is idempotent (`enable_idempotence`, `acks=all`, unlimited retries), so
   its own retries after a lost acknowledgement never write a record twice.
@@ -9,7 +11,7 @@
   outcome was unknown but never loses one. Records Kafka rejects for good (too large, not authorised)
   are counted as failed and logged, never dropped silently.
 - A broker that is down at start: `connect` waits and retries with a clear log line.
-- The topic is created when missing, with the partitions and retention from settings.
+- The topics are created when missing, with the partitions and retention from settings.
 
 Not for: building ticks or pacing polls (see `producer`).
 """
@@ -21,6 +23,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Callable
 
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient
@@ -31,6 +34,7 @@ from kafka.errors import (ClusterAuthorizationFailedError, InvalidRecordError, I
 from btcstream.clients.kafka import kafka_python_options
 from btcstream.settings import Settings
 from btcstream.ingest.tick import Tick
+from btcstream.ingest.trade import Trade
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,7 @@ REQUEST_TIMEOUT_MS = 15_000
 BOOTSTRAP_TIMEOUT_MS = 5_000  # one connection attempt at start; `connect` then waits and tries again
 RECONNECT_BACKOFF_S = (1.0, 30.0)  # first and longest wait between connection attempts at start
 LINGER_MS = 5  # a poll's ticks for several symbols travel in one request
+Record = Tick | Trade
 # Kafka's answers that reject a record for good (resending cannot help): counted as failed.
 PERMANENT_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError, InvalidTopicError,
                     TopicAuthorizationFailedError, ClusterAuthorizationFailedError, UnsupportedForMessageFormatError)
@@ -56,15 +61,21 @@ class DeliveryCounts:
 
 
 class TickPublisher:
-    """Sends ticks keyed by symbol to `settings.topic`."""
+    """Sends ticks keyed by symbol to `settings.topic` and, with `with_trades`, trades to `settings.trades_topic`.
+
+    `on_delivered(record)` (optional) is called from Kafka's I/O thread when a record is acknowledged.
+    """
 
     def __init__(self, settings: Settings, stop: threading.Event | None = None,
-                 delivery_timeout_ms: int = DELIVERY_TIMEOUT_MS) -> None:
+                 delivery_timeout_ms: int = DELIVERY_TIMEOUT_MS, with_trades: bool = False,
+                 on_delivered: Callable[[Record], None] | None = None) -> None:
         self.settings = settings
         self.delivery_timeout_ms = delivery_timeout_ms
         self.counts = DeliveryCounts()
+        self.topics = (settings.topic, settings.trades_topic) if with_trades else (settings.topic,)
+        self._on_delivered = on_delivered
         self._stop = stop or threading.Event()
-        self._outbox: deque[Tick] = deque()
+        self._outbox: deque[Record] = deque()
         self._in_flight = 0
         self._producer: KafkaProducer | None = None
         self._broker_down_logged = False
@@ -81,8 +92,9 @@ class TickPublisher:
         while not self._stop.is_set():
             try:
                 self._producer = self._new_producer()
-                ensure_topic(self.settings)
-                log.info("connected to Kafka at %s, topic %s", self.settings.kafka_bootstrap, self.settings.topic)
+                for topic in self.topics:
+                    ensure_topic(self.settings, topic)
+                log.info("connected to Kafka at %s, topic %s", self.settings.kafka_bootstrap, ", ".join(self.topics))
                 return True
             except KafkaError as error:
                 if self._producer is not None:
@@ -94,10 +106,12 @@ class TickPublisher:
                 delay = min(longest, delay * 2)
         return False
 
-    def publish(self, tick: Tick) -> None:
-        """Accept a tick: it will reach Kafka (or be counted as failed), whatever the broker does meanwhile."""
+    def publish(self, record: Record) -> None:
+        """Accept a tick or trade: it will reach Kafka (or be counted as failed), whatever the broker does meanwhile."""
+        if isinstance(record, Trade) and self.settings.trades_topic not in self.topics:
+            raise ValueError("this publisher was made for ticks only: pass with_trades=True to send trades")
         with self.counts.lock:
-            self._outbox.append(tick)
+            self._outbox.append(record)
         self.drain()
 
     def drain(self) -> None:
@@ -108,14 +122,15 @@ class TickPublisher:
             with self.counts.lock:
                 if not self._outbox:
                     return
-                tick = self._outbox.popleft()
+                record = self._outbox.popleft()
                 self._in_flight += 1
+            topic = self.settings.trades_topic if isinstance(record, Trade) else self.settings.topic
             try:
-                future = self._producer.send(self.settings.topic, key=tick.symbol.encode(), value=tick.to_json())
+                future = self._producer.send(topic, key=record.symbol.encode(), value=record.to_json())
             except KafkaTimeoutError as error:
                 with self.counts.lock:
                     self._in_flight -= 1
-                    self._outbox.appendleft(tick)
+                    self._outbox.appendleft(record)
                     held = len(self._outbox)
                 if not self._broker_down_logged:
                     log.warning("Kafka at %s is not taking records (%s); holding %d accepted records and retrying",
@@ -125,12 +140,12 @@ class TickPublisher:
             except KafkaError as error:  # the client itself is broken (e.g. a fatal producer state)
                 with self.counts.lock:
                     self._in_flight -= 1
-                    self._outbox.appendleft(tick)
+                    self._outbox.appendleft(record)
                 log.error("Kafka producer failed (%r): replacing it; accepted records are held", error)
                 self._replace_producer()
                 return
-            future.add_callback(self._delivered)
-            future.add_errback(self._undelivered, tick)
+            future.add_callback(self._delivered, record)
+            future.add_errback(self._undelivered, record)
 
     def flush(self, timeout_s: float) -> bool:
         """Deliver everything accepted, trying for up to `timeout_s`; True when nothing is left pending."""
@@ -164,15 +179,17 @@ class TickPublisher:
             return False
         return True
 
-    def _delivered(self, metadata: object) -> None:
+    def _delivered(self, record: Record, metadata: object) -> None:
         with self.counts.lock:
             self._in_flight -= 1
             self.counts.sent += 1
+        if self._on_delivered is not None:
+            self._on_delivered(record)
         if self._broker_down_logged:
             log.info("Kafka at %s is taking records again", self.settings.kafka_bootstrap)
             self._broker_down_logged = False
 
-    def _undelivered(self, tick: Tick, error: Exception) -> None:
+    def _undelivered(self, record: Record, error: Exception) -> None:
         # Only a rejection of the record itself is final; any other failure (expiry while the broker was
         # away, a producer-epoch bump after sequence errors) goes back to the outbox: at worst a duplicate
         # of an unknown outcome, never a loss.
@@ -180,14 +197,14 @@ class TickPublisher:
         with self.counts.lock:
             self._in_flight -= 1
             if retriable:
-                self._outbox.append(tick)
+                self._outbox.append(record)
                 self.counts.resent += 1
             else:
                 self.counts.failed += 1
         if retriable:
-            log.warning("delivery of %s %s expired (%s): back in the outbox", tick.symbol, tick.event_time, error)
+            log.warning("delivery of %s expired (%s): back in the outbox", describe(record), error)
         else:
-            log.error("Kafka rejected %s %s for good: %r", tick.symbol, tick.event_time, error)
+            log.error("Kafka rejected %s for good: %r", describe(record), error)
 
     def _new_producer(self) -> KafkaProducer:
         return KafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, enable_idempotence=True, acks="all",
@@ -199,25 +216,34 @@ class TickPublisher:
                              **kafka_python_options(self.settings))
 
 
-def ensure_topic(settings: Settings) -> bool:
-    """Create `settings.topic` with its partitions and retention if missing; True when it was created.
+def describe(record: Record) -> str:
+    """A record in a log line: `BTCUSDT 2025-02-14T10:58:31+00:00` (tick) or `BTCUSDT trade 26129`."""
+    if isinstance(record, Trade):
+        return f"{record.symbol} trade {record.trade_id}"
+    return f"{record.symbol} {record.event_time}"
+
+
+def ensure_topic(settings: Settings, topic: str | None = None) -> bool:
+    """Create `topic` (default `settings.topic`) with the settings' partitions and retention if missing;
+    True when it was created.
 
     Replication factor -1 takes the cluster's default (1 on the local single broker).
     """
+    topic = topic or settings.topic
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=REQUEST_TIMEOUT_MS,
                              bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
                              client_id="btcstream-admin", **kafka_python_options(settings))
     try:
-        if settings.topic in admin.list_topics():
+        if topic in admin.list_topics():
             return False
         retention_ms = settings.topic_retention_hours * 3_600_000
         try:
-            admin.create_topics({settings.topic: {"num_partitions": settings.topic_partitions, "replication_factor": -1,
+            admin.create_topics({topic: {"num_partitions": settings.topic_partitions, "replication_factor": -1,
                                                   "configs": {"retention.ms": str(retention_ms)}}},
                                 wait_for_metadata=True)
         except TopicAlreadyExistsError:
             return False
-        log.info("created topic %s: %d partitions, retention %d h", settings.topic, settings.topic_partitions,
+        log.info("created topic %s: %d partitions, retention %d h", topic, settings.topic_partitions,
                  settings.topic_retention_hours)
         return True
     finally:
