@@ -23,6 +23,7 @@ PALETTE: tuple[str, ...] = ("#f7931a", "#1f77b4", "#2ca02c", "#d62728", "#9467bd
 TIME_AXIS_TITLE = "hour (UTC)"
 HOURLY_REQUIRED = ("symbol", "window_start")
 PROVISIONAL = "hour in progress (provisional)"
+ESTIMATOR_COLORS: tuple[str, ...] = ("#7f7f7f", "#bcbd22")  # Parkinson, Garman-Klass (symbol colours mark tick RV)
 
 
 def symbol_colors(symbols: Sequence[str]) -> dict[str, str]:
@@ -140,6 +141,48 @@ def window_spread_volatility(windows: pd.DataFrame, window_label: str = "window"
     _finish(figure, rows=2)
     figure.update_xaxes(title_text="window start (UTC)", row=2, col=1)
     return figure
+
+
+def backfilled_volatility(estimates: pd.DataFrame, hourly: pd.DataFrame) -> go.Figure:
+    """Per symbol, hourly Parkinson and Garman-Klass volatility from backfilled klines, beside tick RV.
+
+    `estimates` is `btcstream.analytics.ohlc_volatility.bar_volatility(klines).frame` of hourly bars
+    (symbol, open_time, parkinson, garman_klass); `hourly` the hourly_metrics rows, whose
+    `realized_volatility` is drawn where it exists (hollow: an hour in progress). A dotted line marks
+    the first hour of the live feed, so the hours before it are the ones only the klines cover.
+    """
+    _require(estimates, ("parkinson", "garman_klass"), base=("symbol", "open_time"))
+    _require(hourly, ("realized_volatility",))
+    symbols = sorted(estimates["symbol"].unique())
+    figure = make_subplots(rows=max(len(symbols), 1), cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                           subplot_titles=[f"{s}: OHLC estimators from klines and tick realized volatility"
+                                           for s in symbols] or None)
+    colors = symbol_colors(symbols)
+    for row, symbol in enumerate(symbols, start=1):
+        bars = estimates[estimates["symbol"] == symbol].sort_values("open_time")
+        for column, label, color, dash in (("parkinson", "Parkinson", ESTIMATOR_COLORS[0], None),
+                                           ("garman_klass", "Garman-Klass", ESTIMATOR_COLORS[1], "dot")):
+            figure.add_trace(go.Scatter(x=bars["open_time"], y=bars[column], name=f"{symbol} {label} (klines)",
+                                        mode="lines", line=dict(color=color, width=1.5, dash=dash)), row=row, col=1)
+        ticks = hourly[hourly["symbol"] == symbol].sort_values("window_start")
+        if not ticks.empty:
+            figure.add_trace(go.Scatter(x=ticks["window_start"], y=ticks["realized_volatility"],
+                                        name=f"{symbol} tick RV (hourly_metrics)", mode="lines+markers",
+                                        line=dict(color=colors[symbol], width=2), marker=dict(size=5)), row=row, col=1)
+            live = provisional(ticks)
+            if live.any():
+                figure.add_trace(go.Scatter(
+                    x=ticks.loc[live, "window_start"], y=ticks.loc[live, "realized_volatility"],
+                    name=f"{symbol} {PROVISIONAL}", mode="markers",
+                    marker=dict(color=colors[symbol], size=11, symbol="circle-open", line=dict(width=2))),
+                    row=row, col=1)
+            figure.add_vline(x=ticks["window_start"].min(), line=dict(color="#555555", width=1, dash="dot"),
+                             row=row, col=1)
+        figure.update_yaxes(title_text="volatility per hour", tickformat=".2%", row=row, col=1)
+    figure.update_layout(title="Before the live feed: hourly Parkinson and Garman-Klass from klines, "
+                               "beside tick realized volatility (dotted line: first live hour)",
+                         height=max(420, 340 * len(symbols)))
+    return _finish(figure, rows=max(len(symbols), 1))
 
 
 def trace_values(values: Any) -> np.ndarray:
