@@ -1,5 +1,8 @@
 """The market-data producer: poll Binance (and CoinGecko, gently), build one tick per symbol, send to Kafka.
 
+Two feeds (`run_feed(settings, feed=...)`, `btcstream produce --feed`): `websocket` (the default for
+live; see `ws_feed`) streams quotes and trades; `rest` is the poll described here.
+
 Polls are scheduled on the exchange's clock (see `clock`): poll k happens when the exchange shows
 first_poll + k * poll_interval_s, so polls never drift, and against the local exchange replaying at
 `--speed 3600` a 60 s interval gives one tick per simulated minute, 60 per wall second. A poll
@@ -12,7 +15,8 @@ the last attempt; otherwise, or when it fails, its last good answer is reused wi
 `last_updated`. A symbol without a book ticker is skipped (reason counted); a missing 24 h or
 CoinGecko answer leaves those fields null (counted as incomplete). Never a made-up value.
 
-Library entry point: `run_producer(settings, max_polls=..., stop_event=...)`. It reads whatever
+Library entry points: `run_feed(settings, feed=...)` for either feed, `run_producer(settings,
+max_polls=..., stop_event=...)` for the REST poll. It reads whatever
 exchange the settings name; a replay points them at the local exchange first
 (`btcstream.exchange.replay_exchange`), so nothing here imports the rehearsal tooling.
 """
@@ -37,6 +41,8 @@ from btcstream.symbols import coin_id_for_symbol
 from btcstream.ingest.sources.binance import BinanceClient, BookTicker, Ticker24h
 from btcstream.ingest.sources.coingecko import CoinGeckoClient, CoinMarket
 from btcstream.ingest.tick import Tick, iso_utc
+from btcstream.ingest.ws_feed import WebSocketFeedStats, run_websocket_feed
+from btcstream.settings import FEEDS
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +184,20 @@ class MarketPoller:
             coingecko_last_updated=iso_utc(market.last_updated) if market and market.last_updated else None,
             feed="rest",
         )
+
+
+def run_feed(settings: Settings, feed: str | None = None, max_polls: int | None = None,
+             stop_event: threading.Event | None = None) -> ProducerStats | WebSocketFeedStats:
+    """Run the producer on `feed` (default `settings.feed`): "websocket" streams until `stop_event`
+    is set, "rest" polls (`max_polls` applies to it only). Both results have `failed` and `pending`."""
+    feed = feed or settings.feed
+    if feed not in FEEDS:
+        raise ValueError(f"feed must be one of {', '.join(FEEDS)}, got {feed!r}")
+    if feed == "rest":
+        return run_producer(settings, max_polls=max_polls, stop_event=stop_event)
+    if max_polls is not None:
+        raise ValueError("max_polls applies to the rest feed only; stop the websocket feed with stop_event")
+    return run_websocket_feed(settings, stop_event)
 
 
 def run_producer(settings: Settings, max_polls: int | None = None,
