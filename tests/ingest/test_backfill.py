@@ -243,7 +243,7 @@ def test_the_command_prints_one_line_per_symbol_and_the_gaps(settings, monkeypat
 
     out = capsys.readouterr().out.splitlines()
     assert code == 0
-    assert out[0].startswith("BTCUSDT 1h [2020-11-30T00:00Z, 2020-12-01T00:00Z): 23 new rows") and "1 gaps" in out[0]
+    assert out[0].startswith("BTCUSDT 1h [2020-11-30T00:00Z, 2020-12-01T00:00Z): 23 new rows") and "1 gap in" in out[0]
     assert out[1] == "  gap: BTCUSDT 1h: no bars from 2020-11-30T06:00Z to 2020-11-30T07:00Z (1 missing)"
     assert out[2].startswith("ETHUSDT 1h [2020-11-30T00:00Z, 2020-12-01T00:00Z): 0 new rows")  # its history ended
     assert len(read_klines(settings, interval="1h")) == 23

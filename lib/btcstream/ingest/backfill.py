@@ -119,9 +119,10 @@ class SymbolReport:
                 else "nothing stored in this range")
         rate = f"{self.rows_written / self.seconds:,.0f} rows/s" if self.seconds > 0 and self.rows_written else "-"
         return (f"{self.symbol} {self.interval} [{_iso(self.start)}, {_iso(self.end)}): {self.rows_written:,} new rows "
-                f"({self.stored_before:,} stored before), {self.pages} pages, "
-                f"{bad} bad rows{f' ({reasons})' if bad else ''}, {len(self.gaps)} gaps in the exchange's history "
-                f"({self.gap_bars} bars); {span}; {self.seconds:.1f} s, {rate}")
+                f"({self.stored_before:,} stored before), {_count(self.pages, 'page')}, "
+                f"{_count(bad, 'bad row')}{f' ({reasons})' if bad else ''}, "
+                f"{_count(len(self.gaps), 'gap')} in the exchange's history ({_count(self.gap_bars, 'bar')}); "
+                f"{span}; {self.seconds:.1f} s, {rate}")
 
 
 class WeightPacer:
@@ -417,6 +418,10 @@ def _epoch_ms(moment: datetime) -> int:
 
 def _utc(epoch_ms: int) -> datetime:
     return datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(milliseconds=epoch_ms)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"
 
 
 def _iso(moment: datetime | None) -> str:
