@@ -45,10 +45,11 @@ class BarVolatility:
 
 
 def bad_bars(open_: Any, high: Any, low: Any, close: Any) -> np.ndarray:
-    """True for bars no estimator can use: a price missing, not finite or <= 0, high < low, open/close outside [low, high]."""
+    """True for bars no estimator can use: a price missing, not finite or <= 0, high < low, or open/close
+    outside [low, high]."""
     o, h, l, c = (_floats(values) for values in (open_, high, low, close))
-    finite_positive = np.isfinite(o) & np.isfinite(h) & np.isfinite(l) & np.isfinite(c) \
-        & (o > 0) & (h > 0) & (l > 0) & (c > 0)
+    finite_positive = (np.isfinite(o) & np.isfinite(h) & np.isfinite(l) & np.isfinite(c)
+                       & (o > 0) & (h > 0) & (l > 0) & (c > 0))
     consistent = (h >= l) & (o >= l) & (o <= h) & (c >= l) & (c <= h)
     return ~(finite_positive & consistent)
 
