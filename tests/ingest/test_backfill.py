@@ -138,15 +138,15 @@ def test_only_closed_bars_are_stored(tmp_path: Path) -> None:
 
 
 def test_weight_is_paced_under_the_budget_and_never_hits_the_limit(tmp_path: Path) -> None:
-    # A simulated minute every half second and a limit of 40 weight per minute: half of it (20) is the
-    # budget, 10 pages of weight 2 per minute, and 15 pages to fetch.
-    with start_exchange(speed=120.0, start=AFTER_HISTORY, weight_limit=40) as strict:
+    # A simulated minute every wall second and a limit of 40 weight per minute: half of it (20) is the
+    # budget, 10 pages of weight 2 per minute, and 29 pages to fetch (at least three minutes' worth).
+    with start_exchange(speed=60.0, start=AFTER_HISTORY, weight_limit=40) as strict:
         settings = Settings(storage_root=f"file://{tmp_path}/store", binance_url=strict.binance_url)
         backfill = backfill_for(settings, "1m", weight_limit=40, page_limit=100, probe_sleep_cap_s=0.25)
-        (report,) = backfill.run(["BTCUSDT"], utc(2021, 3, 1), utc(2021, 3, 2))
+        (report,) = backfill.run(["BTCUSDT"], utc(2021, 3, 1), utc(2021, 3, 3))
         calls_during_ban = strict.calls_during_ban
 
-    assert report.rows_written == 1440 and report.pages == 15
+    assert report.rows_written == 2880 and report.pages == 29
     assert report.weight_waits >= 1 and report.max_used_weight <= 20
     assert report.rate_limit_waits == 0 and calls_during_ban == 0  # no 429 was ever answered
 
