@@ -169,7 +169,8 @@ class WebSocketFeed:
 
     def __init__(self, settings: Settings, clock: ExchangeClock, buffer: "queue.Queue[Record]",
                  counters: FeedCounters | None = None, tracker: ContinuityTracker | None = None,
-                 schedule: Callable[[float, Callable[[], None]], Any] | None = None) -> None:
+                 schedule: Callable[[float, Callable[[], None]], Any] | None = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.clock = clock
         self.buffer = buffer
@@ -177,7 +178,7 @@ class WebSocketFeed:
         self.tracker = tracker or ContinuityTracker(settings.symbols)
         self.conflator = QuoteConflator(settings.ws_max_quotes_hz, self._send_quote,
                                         schedule or (lambda delay, callback: asyncio.get_running_loop().call_later(
-                                            delay, callback)), self.counters)
+                                            delay, callback)), self.counters, monotonic)
         self.coin_ids = {symbol: coin_id_for_symbol(symbol) for symbol in settings.symbols}
         self.markets: dict[str, CoinMarket] = {}  # last good CoinGecko answer per coin
         self.tickers: dict[str, TickerEvent] = {}  # last 24 h statistics per symbol
