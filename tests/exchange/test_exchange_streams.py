@@ -250,7 +250,7 @@ def test_subscribe_unsubscribe_list_and_properties(exchange):
         assert listed == {"result": ["btcusdt@bookTicker", "ethusdt@aggTrade"], "id": 2}
         assert await session.request({"method": "UNSUBSCRIBE", "params": ["btcusdt@bookTicker"], "id": 3}) == {"result": None, "id": 3}
         after = len(session.frames)
-        await asyncio.sleep(1.1)  # also lets the 5-messages-per-second window pass
+        await asyncio.sleep(1.4)  # also lets the 5-messages-per-second window pass
         later = [json.loads(text) for _, text in session.frames[after:]]
         assert later and all(m.get("e") == "aggTrade" for m in later)
         assert await session.request({"method": "SUBSCRIBE", "params": ["btcusdt@depth"], "id": 4}) == \
@@ -258,7 +258,7 @@ def test_subscribe_unsubscribe_list_and_properties(exchange):
         assert await session.request({"method": "SET_PROPERTY", "params": ["combined", True], "id": 5}) == {"result": None, "id": 5}
         assert await session.request({"method": "GET_PROPERTY", "params": ["combined"], "id": 6}) == {"result": True, "id": 6}
         after = len(session.frames)
-        await asyncio.sleep(1.1)
+        await asyncio.sleep(1.4)
         wrapped = [json.loads(text) for _, text in session.frames[after:]]
         assert wrapped and all(m.get("stream") == "ethusdt@aggTrade" for m in wrapped)
         assert (await session.request({"method": "NOPE", "id": 7}))["error"]["code"] == 2
@@ -291,7 +291,7 @@ def test_more_than_five_incoming_messages_a_second_close_the_connection(exchange
         polite, greedy = await Session.open(exchange.ws_url + "/ws"), await Session.open(exchange.ws_url + "/ws")
         for n in range(5):
             await polite.ws.send(json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": n}))
-        await asyncio.sleep(1.05)
+        await asyncio.sleep(1.5)  # the server counts by arrival: a wide margin for a busy machine
         for n in range(5):
             await polite.ws.send(json.dumps({"method": "LIST_SUBSCRIPTIONS", "id": 10 + n}))
         for n in range(6):
@@ -399,11 +399,10 @@ def test_close_1006_ends_the_connection_without_a_close_frame(exchange):
 
 
 def test_silence_stops_data_and_pongs_then_the_stream_resumes_with_a_gap(exchange):
-    async def go() -> tuple[Session, float, bool, dict[str, Any]]:
+    async def go() -> tuple[Session, bool, dict[str, Any]]:
         session = await Session.open(exchange.ws_url + "/ws/btcusdt@bookTicker")
         await asyncio.sleep(0.3)
         await inject(exchange, kind="silence", duration_s=1.0)
-        silenced_at = time.monotonic()
         waiter = await session.ws.ping()
         try:
             await asyncio.wait_for(asyncio.shield(waiter), 0.6)
@@ -414,12 +413,10 @@ def test_silence_stops_data_and_pongs_then_the_stream_resumes_with_a_gap(exchang
         await asyncio.wait_for(waiter, 2.0)  # answered once the silence is over
         await asyncio.sleep(0.4)
         await session.close()
-        return session, silenced_at, answered_in_silence, state
+        return session, answered_in_silence, state
 
-    session, silenced_at, answered_in_silence, state = run(go())
+    session, answered_in_silence, state = run(go())
     assert not answered_in_silence and state["ws"]["connections"]["open"][0]["silenced"] is True
-    quiet = [t for t, _ in session.frames if silenced_at + 0.05 < t < silenced_at + 0.9]
-    assert quiet == []
     ids = [json.loads(text)["u"] for _, text in session.frames]
     jumps = [b - a for a, b in zip(ids, ids[1:]) if b != a + 1]
     assert len(jumps) == 1 and jumps[0] > 20  # about a second of updates never sent
@@ -428,23 +425,23 @@ def test_silence_stops_data_and_pongs_then_the_stream_resumes_with_a_gap(exchang
 def test_silence_until_cleared_through_the_control_endpoint(exchange):
     control = exchange.binance_url + "/_control/ws-faults"
 
-    async def go() -> tuple[Session, list[dict[str, Any]], float, float]:
-        session = await Session.open(exchange.ws_url + "/ws/btcusdt@aggTrade")
+    async def go() -> tuple[Session, list[dict[str, Any]], float]:
+        session = await Session.open(exchange.ws_url + "/ws/btcusdt@aggTrade")  # 20 trades a second
         await asyncio.sleep(0.2)
         answer = (await asyncio.to_thread(requests.post, control, json={"kind": "silence"}, timeout=5)).json()
-        silenced_at = time.monotonic()
         await asyncio.sleep(0.8)
         await asyncio.to_thread(requests.delete, control, timeout=5)
         cleared_at = time.monotonic()
         await asyncio.sleep(0.5)
         await session.close()
-        return session, answer["applied"], silenced_at, cleared_at
+        return session, answer["applied"], cleared_at
 
-    session, applied, silenced_at, cleared_at = run(go())
+    session, applied, cleared_at = run(go())
     assert [(a["kind"], a["duration_s"]) for a in applied] == [("silence", None)]
-    times = [t for t, _ in session.frames]
-    assert not [t for t in times if silenced_at + 0.05 < t < cleared_at]
-    assert len([t for t in times if t > cleared_at]) >= 5
+    ids = [json.loads(text)["a"] for _, text in session.frames]
+    jumps = [b - a for a, b in zip(ids, ids[1:]) if b != a + 1]
+    assert len(jumps) == 1 and jumps[0] > 10  # 0.8 s of trades at 20/s never sent
+    assert len([t for t, _ in session.frames if t > cleared_at]) >= 5
     assert exchange.state()["ws"]["faults"]["applied"][0]["kind"] == "silence"
 
 
