@@ -37,9 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--coingecko-port", type=int, default=8081, help="CoinGecko port (0: any free port)")
     parser.add_argument("--ws-port", type=int, default=8082, help="WebSocket streams port (0: any free port)")
     parser.add_argument("--ws-quotes-per-second", type=float, default=WS_QUOTES_PER_SECOND, metavar="RATE",
-                        help="bookTicker updates per symbol per wall second (0: none)")
+                        help="bookTicker updates per symbol per wall second at the starting --speed (0: none)")
     parser.add_argument("--ws-trades-per-second", type=float, default=WS_TRADES_PER_SECOND, metavar="RATE",
-                        help="aggregate trades per symbol per wall second (0: none)")
+                        help="aggregate trades per symbol per wall second at the starting --speed (0: none)")
     parser.add_argument("--ws-ping-interval", type=float, default=PING_INTERVAL_S, metavar="SECONDS",
                         help="seconds between the server's pings")
     parser.add_argument("--ws-pong-timeout", type=float, default=PONG_TIMEOUT_S, metavar="SECONDS",
@@ -50,7 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--fault", action="append", default=[], metavar="KIND[:PROBABILITY[:FIELD]]",
                         help=f"inject a fault on a share of all requests (default every one), repeatable; kinds: "
                              f"{', '.join(FAULT_KINDS)}; FIELD for null_field/missing_field (default bidPrice). "
-                             "Faults can also be added at run time: POST /_control/faults")
+                             "Faults can also be added at run time: POST /_control/faults; WebSocket faults "
+                             "(abrupt close, silence, serverShutdown, gaps...): POST /_control/ws-faults (docs/exchange.md)")
     parser.set_defaults(func=run)
 
 
