@@ -64,9 +64,9 @@ class TrackingSink:
         self.tracker.connection_up(connection.symbols, time.time())
 
 
-def run_connection(server: ScriptedStreamServer, sink: TrackingSink, until: Callable[[], bool],
+def run_connection(server: ScriptedStreamServer, sink: TrackingSink, until: Callable[[StreamConnection], bool],
                    timeout_s: float = 10.0, **options: Any) -> StreamConnection:
-    """Run a StreamConnection to the server until `until()` (or the timeout), then stop it."""
+    """Run a StreamConnection to the server until `until(connection)` (or the timeout), then stop it."""
     url, symbols = combined_stream_urls(server.url, [SYMBOL])[0]
     options.setdefault("backoff", Backoff(0.05, 0.5, random.Random(1)))
     connection = StreamConnection(url, sink, symbols=symbols, **options)
@@ -75,7 +75,7 @@ def run_connection(server: ScriptedStreamServer, sink: TrackingSink, until: Call
         stop = asyncio.Event()
         task = asyncio.create_task(connection.run(stop))
         deadline = time.monotonic() + timeout_s
-        while not until() and time.monotonic() < deadline and not task.done():
+        while not until(connection) and time.monotonic() < deadline and not task.done():
             await asyncio.sleep(0.01)
         stop.set()
         await asyncio.wait_for(task, 10)
@@ -168,7 +168,7 @@ def test_refused_connections_are_retried_within_the_attempt_limit():
     with ScriptedStreamServer(lambda conn: asyncio.sleep(0), refuse=lambda attempt: True) as server:
         sink = TrackingSink()
         started = time.monotonic()
-        connection = run_connection(server, sink, until=lambda: time.monotonic() - started > 2.5,
+        connection = run_connection(server, sink, until=lambda connection: time.monotonic() - started > 2.5,
                                     backoff=Backoff(0.001, 0.002), limiter=AttemptLimiter(3, 1.0))
         times = list(server.handshake_times)
     assert connection.counters.failed_attempts == connection.counters.attempts == len(times) >= 6
@@ -186,7 +186,7 @@ def test_the_backoff_resets_only_after_a_healthy_connection(healthy_after_s, fas
     # three refusals first: the backoff stands at its 4th step (0.4-0.8 s with base 0.1) unless reset
     with ScriptedStreamServer(script, refuse=lambda attempt: attempt < 3) as server:
         sink = TrackingSink()
-        run_connection(server, sink, until=lambda: len(server.connections) >= 2, timeout_s=5,
+        run_connection(server, sink, until=lambda connection: len(server.connections) >= 2, timeout_s=5,
                        backoff=Backoff(0.1, 10.0, random.Random(3)), healthy_after_s=healthy_after_s)
         dropped, reconnected = server.connections[0].closed_at, server.handshake_times[-1]
     assert sink.downs == ["abnormal_closure"]
@@ -205,7 +205,8 @@ def test_a_connection_is_handed_over_before_its_age_limit_without_gap_or_duplica
     with ScriptedStreamServer(script) as server:
         sink = TrackingSink()
         # age on the exchange's clock: 1000 exchange s per local s, limit 300 exchange s = 0.3 local s
-        connection = run_connection(server, sink, until=lambda: len(server.connections) >= 4, timeout_s=10,
+        connection = run_connection(server, sink, until=lambda connection: connection.counters.handovers >= 3,
+                                    timeout_s=10,
                                     max_age_s=300.0, exchange_rate=lambda: 1000.0, stale_after_s=5.0)
         time.sleep(0.2)
         connections = list(server.connections)
@@ -236,7 +237,7 @@ def test_server_shutdown_opens_the_next_connection_before_the_old_one_closes():
     with ScriptedStreamServer(script) as server:
         sink = TrackingSink()
         connection = run_connection(server, sink, timeout_s=10, stale_after_s=5.0,
-                                    until=lambda: len(server.connections) > 1 and server.connections[0].closed_at
+                                    until=lambda connection: len(server.connections) > 1 and server.connections[0].closed_at
                                     is not None and time.monotonic() - server.connections[0].closed_at > 0.3)
         first, second = server.connections[:2]
     assert connection.counters.reconnects == Counter({"server_shutdown": 1}) and connection.counters.handovers == 1
@@ -262,7 +263,7 @@ def test_the_watchdog_replaces_a_silent_connection():
     with ScriptedStreamServer(script) as server:
         sink = TrackingSink()
         connection = run_connection(server, sink, stale_after_s=0.5, timeout_s=10,
-                                    until=lambda: len(server.connections) > 1 and
+                                    until=lambda connection: len(server.connections) > 1 and
                                     time.monotonic() - server.connections[1].opened_at > 0.3)
         replaced_after = server.connections[1].opened_at - silent_from[0]
     assert 0.5 <= replaced_after < 2.0, replaced_after
@@ -291,7 +292,7 @@ def test_after_a_lost_connection_the_same_streams_are_requested_again(ending, re
 
     with ScriptedStreamServer(script) as server:
         sink = TrackingSink()
-        run_connection(server, sink, until=lambda: sum(sink.streams.values()) >= 6)
+        run_connection(server, sink, until=lambda connection: sum(sink.streams.values()) >= 6)
         requested = [conn.streams for conn in server.connections]
     assert requested[:2] == [streams, streams]  # resubscribed: every stream of the first connection
     assert sink.streams == Counter({stream: 2 for stream in streams})
@@ -310,6 +311,6 @@ def test_malformed_frames_are_counted_and_skipped_without_a_reconnect():
 
     with ScriptedStreamServer(script) as server:
         sink = TrackingSink()
-        connection = run_connection(server, sink, until=lambda: len(sink.trades) >= 3)
+        connection = run_connection(server, sink, until=lambda connection: len(sink.trades) >= 3)
     assert sink.malformed == Counter({"not_json": 1, "not_a_stream_message": 4})
     assert sink.trades == [1, 2, 3] and sink.downs == [] and connection.counters.attempts == 1
