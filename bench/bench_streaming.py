@@ -90,7 +90,7 @@ def bench_settings(name: str):
 
 def fresh_topic(settings: Settings, topic: str) -> Settings:
     """`settings` with a newly created topic of PARTITIONS partitions."""
-    settings = settings.replace(topic=topic)
+    settings = settings.replace(topic=topic, trades_topic=f"{topic}-trades")
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, **kafka_python_options(settings))
     try:
         admin.create_topics([NewTopic(settings.topic, num_partitions=PARTITIONS, replication_factor=1)])

@@ -78,11 +78,12 @@ def browser() -> Iterator:
 @pytest.fixture(scope="module")
 def workbench_run(local_stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, list[NotebookRun]]:
     """The pipeline run by notebook 01 into a fresh topic and HDFS root, and the report of 01, 02 and 03."""
-    settings = local_stack.replace(topic=f"test-{uuid.uuid4().hex[:10]}",
+    settings = local_stack.replace(topic=(topic := f"test-{uuid.uuid4().hex[:10]}"), trades_topic=f"{topic}-trades",
                                    storage_root=local_stack.storage_url(uuid.uuid4().hex[:8]))
     common = {"storage_root": settings.storage_root, "topic": settings.topic, "spark_master": "local[2]"}
     runs = build_report({
-        PIPELINE_NOTEBOOK: {**common, "duration_s": 30, "replay_speed": 1800, "progress_every_s": 5,
+        PIPELINE_NOTEBOOK: {**common, "trades_topic": settings.trades_topic,
+                            "duration_s": 30, "replay_speed": 1800, "progress_every_s": 5,
                             "replay_start": "2021-05-19T00:00"},
         STREAMING_NOTEBOOK: {**common, "duration_s": 6, "refresh_every_s": 3},
         HOURLY_NOTEBOOK: {"storage_root": settings.storage_root},
@@ -110,7 +111,7 @@ class LabProcess:
 
     def __init__(self, notebook_dir: Path, settings: Settings) -> None:
         environment = {**os.environ, "BTCSTREAM_STORAGE_ROOT": settings.storage_root,
-                       "BTCSTREAM_TOPIC": settings.topic, "BTCSTREAM_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+                       "BTCSTREAM_TOPIC": settings.topic, "BTCSTREAM_TRADES_TOPIC": settings.trades_topic, "BTCSTREAM_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
                        # JupyterLab remembers open tabs per workspace: a fresh one, not the user's.
                        "JUPYTERLAB_WORKSPACES_DIR": str(notebook_dir.parent / "workspaces")}
         self.process = subprocess.Popen(

@@ -24,6 +24,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"__main__", "cli", "commands"}),
     frozenset({"workbench"}),
     frozenset({"streaming"}),
+    frozenset({"analytics"}),
     frozenset({"storage"}),
     frozenset({"ingest"}),
     frozenset({"clients"}),

@@ -51,13 +51,15 @@ RAW_DERIVED_COLUMNS: tuple[str, ...] = (
 RAW_PARTITION_COLUMNS: tuple[str, ...] = ("date", "hour")  # UTC date and hour (0-23) of event_time
 HOURLY_PARTITION_COLUMNS: tuple[str, ...] = ("date",)  # UTC date of window_start
 QUARANTINE_PARTITION_COLUMNS: tuple[str, ...] = ("date",)  # UTC date of the Kafka timestamp
+TRADES_PARTITION_COLUMNS: tuple[str, ...] = ("date", "hour")  # UTC date and hour (0-23) of trade_time
 
-# hourly_metrics columns, in the order `btcstream.streaming.transforms.hourly_metrics` computes them
+# hourly_metrics columns, in the order `btcstream.streaming.transforms.hourly_rows` computes them
 # (the table adds HOURLY_PARTITION_COLUMNS).
 HOURLY_COLUMNS: tuple[str, ...] = (
     "symbol", "window_start", "window_end", "avg_price", "avg_spread", "avg_spread_bps",
     "total_liquidity", "avg_liquidity", "realized_volatility", "high_price", "low_price",
     "avg_volume_24h", "tick_count", "open_mid", "close_mid",
+    "vwap", "trade_count", "buy_volume", "sell_volume", "trade_imbalance",
 )
 # The Delta hourly table's row lifecycle (btcstream.streaming.hourly_upserts): live, then final, then revised.
 HOURLY_LIFECYCLE_COLUMNS: tuple[str, ...] = ("is_final", "revision", "updated_at")

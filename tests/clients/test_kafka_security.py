@@ -207,7 +207,7 @@ def test_kafka_python_and_spark_authenticate_to_a_real_sasl_broker(sasl_broker):
                       **kafka_python_options(wrong)).send(wrong.topic, b"x").get(timeout=15)
 
     env = {key: value for key, value in os.environ.items() if not key.startswith("BTCSTREAM_")}
-    env.update({"BTCSTREAM_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "BTCSTREAM_TOPIC": settings.topic,
+    env.update({"BTCSTREAM_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "BTCSTREAM_TOPIC": settings.topic, "BTCSTREAM_TRADES_TOPIC": settings.trades_topic,
                 "BTCSTREAM_SPARK_MASTER": "local[1]", "BTCSTREAM_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
                 "BTCSTREAM_KAFKA_SASL_MECHANISM": "PLAIN", "BTCSTREAM_KAFKA_SASL_USERNAME": SASL_USER,
                 "BTCSTREAM_KAFKA_SASL_PASSWORD": SASL_PASSWORD, "SPARK_LOCAL_IP": "127.0.0.1",

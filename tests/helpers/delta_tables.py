@@ -47,7 +47,7 @@ RAW_SCHEMA = pa.schema(
     + [("date", pa.date32()), ("hour", pa.int32())])
 HOURLY_SCHEMA = pa.schema(
     [(name, pa.string() if name == "symbol" else UTC_MICROS if name in ("window_start", "window_end")
-      else pa.int64() if name == "tick_count" else pa.float64()) for name in HOURLY_COLUMNS]
+      else pa.int64() if name in ("tick_count", "trade_count") else pa.float64()) for name in HOURLY_COLUMNS]
     + [("is_final", pa.bool_()), ("revision", pa.int32()), ("updated_at", UTC_MICROS), ("date", pa.date32())])
 QUARANTINE_SCHEMA = pa.schema([
     ("value", pa.binary()), ("value_preview", pa.string()), ("reason", pa.string()), ("topic", pa.string()),

@@ -65,7 +65,7 @@ def produce(settings: Settings, records: list[Tick]) -> None:
 def run_driver(script: str, settings: Settings, *args: str) -> dict:
     """Run a driver script with `settings` as BTCSTREAM_* variables; returns its last stdout line as JSON."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("BTCSTREAM_")}
-    env.update({"BTCSTREAM_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "BTCSTREAM_TOPIC": settings.topic,
+    env.update({"BTCSTREAM_KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "BTCSTREAM_TOPIC": settings.topic, "BTCSTREAM_TRADES_TOPIC": settings.trades_topic,
                 "BTCSTREAM_STORAGE_ROOT": settings.storage_root, "BTCSTREAM_SPARK_MASTER": settings.spark_master,
                 "BTCSTREAM_STATE_DIR": str(settings.state_dir), "BTCSTREAM_CACHE_DIR": str(settings.cache_dir),
                 "SPARK_LOCAL_IP": "127.0.0.1",

@@ -259,7 +259,7 @@ def test_a_broker_restart_mid_run_loses_nothing_and_duplicates_nothing(test_sett
 
 @pytest.mark.integration
 def test_sigterm_stops_the_cli_producer_after_a_flush(test_settings):
-    env = {**os.environ, "BTCSTREAM_TOPIC": test_settings.topic, "BTCSTREAM_KAFKA_BOOTSTRAP": test_settings.kafka_bootstrap,
+    env = {**os.environ, "BTCSTREAM_TOPIC": test_settings.topic, "BTCSTREAM_TRADES_TOPIC": test_settings.trades_topic, "BTCSTREAM_KAFKA_BOOTSTRAP": test_settings.kafka_bootstrap,
            "BTCSTREAM_SYMBOLS": "BTCUSDT", "BTCSTREAM_BINANCE_URL": "", "BTCSTREAM_COINGECKO_URL": ""}
     child = subprocess.Popen([sys.executable, "-m", "btcstream", "produce", "--source", "replay", "--speed", "3600"],
                              env=env, stderr=subprocess.PIPE, text=True)

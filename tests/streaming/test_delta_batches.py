@@ -52,3 +52,62 @@ def test_batches_store_every_tick_once_in_any_order_and_replays_write_nothing(sp
     assert quarantine.count() == len(BAD_RECORDS)
     assert quarantine.select("offset").distinct().count() == len(BAD_RECORDS)
     assert quarantine.where("reason IS NULL").count() == 0
+
+
+def mixed_frame(spark, records: list[tuple[str, bytes | None]]):
+    """A Kafka-shaped static frame of (topic, value) records, offsets per topic."""
+    from datetime import datetime, timezone
+
+    from btcstream.streaming.job import KAFKA_SCHEMA
+
+    now = datetime.now(timezone.utc)
+    offsets: dict[str, int] = {}
+    rows = []
+    for topic, value in records:
+        offsets[topic] = offsets.get(topic, -1) + 1
+        rows.append((b"k", value, topic, 0, offsets[topic], now))
+    return spark.createDataFrame(rows, KAFKA_SCHEMA)
+
+
+def test_websocket_quotes_are_told_apart_by_update_id_and_trades_by_trade_id(spark, tmp_path: Path) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from btcstream.ingest.tick import iso_utc
+    from btcstream.ingest.trade import Trade
+
+    moment = datetime(2025, 2, 14, 10, 0, 0, 123000, tzinfo=timezone.utc)
+
+    def quote(update_id: int, received: timedelta = timedelta(0)) -> bytes:
+        return Tick("BTCUSDT", iso_utc(moment + received), iso_utc(moment), 100.0, 100.1, 1.0, 1.0,
+                    feed="websocket", update_id=update_id, received_at=iso_utc(moment)).to_json()
+
+    def trade(trade_id: int, **changes: object) -> bytes:
+        fields = dict(symbol="BTCUSDT", trade_id=trade_id, price=100.05, qty=0.5, quote_qty=50.025,
+                      trade_time=iso_utc(moment + timedelta(seconds=trade_id)), buyer_is_maker=trade_id % 2 == 0,
+                      first_trade_id=trade_id * 3, last_trade_id=trade_id * 3 + 2)
+        fields.update(changes)
+        return Trade(**fields).to_json()  # type: ignore[arg-type]
+
+    writer = DeltaBatchWriter(raw_url=f"file://{tmp_path}/raw_data", quarantine_url=f"file://{tmp_path}/quarantine",
+                              app_id="test-ws", trades_url=f"file://{tmp_path}/trades", trades_topic="trades")
+    # Three quotes in one millisecond (distinct update ids), one id again with a later receive time
+    # (a reconnect's overlap); trades 1-3, trade 2 twice; three bad trades.
+    first = writer(mixed_frame(spark, [("ticks", quote(7)), ("ticks", quote(8)), ("ticks", quote(9)),
+                                       ("ticks", quote(8, timedelta(milliseconds=40))),
+                                       ("trades", trade(1)), ("trades", trade(2)), ("trades", trade(2)),
+                                       ("trades", trade(3)), ("trades", trade(4, qty=0.0)),
+                                       ("trades", trade(5, trade_time="yesterday")), ("trades", b"[1, 2")]), 0)
+    assert (first.valid, first.inserted, first.duplicates) == (4, 3, 1)
+    assert (first.trades_valid, first.trades_inserted, first.trade_duplicates) == (4, 3, 1)
+    assert first.quarantined == 3 and first.records == 11
+    # A later batch repeats trade 3 (a gap fill from REST) and brings trade 6.
+    second = writer(mixed_frame(spark, [("trades", trade(3)), ("trades", trade(6))]), 1)
+    assert (second.trades_valid, second.trades_inserted) == (2, 1)
+
+    raw = stored(spark, writer.raw_url)
+    assert sorted(r.update_id for r in raw.collect()) == [7, 8, 9]
+    trades = stored(spark, f"file://{tmp_path}/trades").toPandas()
+    assert sorted(trades.trade_id) == [1, 2, 3, 6]
+    assert {"quote_qty", "buyer_is_maker", "first_trade_id", "last_trade_id", "date", "hour"} <= set(trades.columns)
+    reasons = sorted(r.reason for r in stored(spark, writer.quarantine_url).collect())
+    assert reasons == sorted(["qty not finite or <= 0", "missing or unparseable trade_time", "unparseable JSON"])

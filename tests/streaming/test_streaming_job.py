@@ -109,7 +109,7 @@ class StreamJob:
 
     def env(self) -> dict[str, str]:
         s = self.settings
-        values = {"KAFKA_BOOTSTRAP": s.kafka_bootstrap, "TOPIC": s.topic, "STORAGE_ROOT": s.storage_root,
+        values = {"KAFKA_BOOTSTRAP": s.kafka_bootstrap, "TOPIC": s.topic, "TRADES_TOPIC": s.trades_topic, "STORAGE_ROOT": s.storage_root,
                   "SPARK_MASTER": s.spark_master, "TRIGGER_INTERVAL_S": str(s.trigger_interval_s),
                   "ALLOWED_LATENESS": s.allowed_lateness, "MAX_OFFSETS_PER_TRIGGER": str(s.max_offsets_per_trigger),
                   "WEBHDFS_PORT": str(s.webhdfs_port), "CACHE_DIR": str(s.cache_dir), "STATE_DIR": str(s.state_dir)}

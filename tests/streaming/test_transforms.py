@@ -54,7 +54,7 @@ def test_parse_accepts_valid_ticks_and_quarantines_each_kind_of_bad_record(spark
     # Spark returns naive datetimes in the session time zone (UTC); the +02:00 offset is honoured.
     assert rows[0].event_time == datetime(2025, 2, 14, 10, 58, 31)
     assert rows[1].event_time == datetime(2025, 2, 14, 10, 58, 31, 204000)
-    assert rows[1].bid_price == 97017.57 and rows[1].schema_version == 1
+    assert rows[1].bid_price == 97017.57 and rows[1].schema_version == tick.SCHEMA_VERSION
     assert list(ticks.columns) == list(tick.FIELD_NAMES)
 
     refused = {r.offset: r for r in quarantine.collect()}
@@ -99,7 +99,7 @@ def test_enrich_matches_independent_formulas(spark):
 def test_hourly_metrics_match_independent_computation(spark):
     ticks = random_ticks(300)
     parsed, _ = parse.split(kafka_frame(spark, [t.to_json() for t in ticks]))
-    got = transforms.hourly_metrics(transforms.enrich(parsed)).toPandas()
+    got = transforms.hourly_rows(transforms.enrich(parsed), None).toPandas()
     want = independent_hourly(ticks)
     assert len(want) == 6  # two symbols x three hours
     assert (want.realized_volatility > 0).all()
@@ -119,3 +119,63 @@ def test_realized_volatility_of_known_path_and_single_tick(spark):
     assert (rows["BTCUSDT"].open_mid, rows["BTCUSDT"].close_mid) == (100.0, 99.0)
     assert rows["BTCUSDT"].tick_count == 4
     assert rows["ETHUSDT"].realized_volatility == 0.0 and rows["ETHUSDT"].tick_count == 1
+
+
+def at_minute(minute: float, mid: float, symbol: str = "BTCUSDT", update_id: int | None = None) -> bytes:
+    moment = tick.iso_utc(TICKS_START + timedelta(minutes=minute))
+    return tick.Tick(symbol, moment, moment, mid, mid, 1.0, 1.0, update_id=update_id).to_json()
+
+
+def test_realized_volatility_samples_the_last_mid_of_each_grid_step(spark):
+    # A bounce inside minute 0 (100 -> 130 -> 100) adds nothing: only each minute's last mid counts.
+    values = [at_minute(0, 100.0), at_minute(0.3, 130.0), at_minute(0.6, 100.0), at_minute(1.2, 110.0),
+              at_minute(2.5, 99.0)]
+    parsed, _ = parse.split(kafka_frame(spark, values))
+    enriched = transforms.enrich(parsed)
+    row = transforms.hourly_metrics(enriched).collect()[0]
+    assert row.realized_volatility == pytest.approx(math.sqrt(math.log(1.1) ** 2 + math.log(0.9) ** 2))
+    assert (row.tick_count, row.high_price, row.open_mid, row.close_mid) == (5, 130.0, 100.0, 99.0)
+    # On a 5-minute grid the whole path is one step: no return at all.
+    assert transforms.hourly_metrics(enriched, grid_seconds=300).collect()[0].realized_volatility == 0.0
+
+
+def test_quotes_sharing_a_millisecond_are_ordered_by_update_id(spark):
+    values = [at_minute(0, 100.0, update_id=7), at_minute(0, 104.0, update_id=9), at_minute(0, 102.0, update_id=8),
+              at_minute(1, 104.0, update_id=10)]
+    parsed, _ = parse.split(kafka_frame(spark, values))
+    row = transforms.hourly_metrics(transforms.enrich(parsed)).collect()[0]
+    assert (row.open_mid, row.close_mid, row.realized_volatility) == (100.0, 104.0, 0.0)  # minute 0 ends at 104
+
+
+def test_hourly_trade_metrics_by_hand(spark):
+    start = TICKS_START.replace(tzinfo=None)
+    trades = spark.createDataFrame(
+        [("BTCUSDT", 100.0, 2.0, start + timedelta(minutes=1), False),  # a buy (the buyer took the ask)
+         ("BTCUSDT", 103.0, 1.0, start + timedelta(minutes=2), True),  # a sell hitting the bid
+         ("BTCUSDT", 90.0, 5.0, start + timedelta(hours=1), True)],
+        "symbol string, price double, qty double, trade_time timestamp, buyer_is_maker boolean")
+    rows = sorted(transforms.hourly_trade_metrics(trades).collect(), key=lambda r: r.window_start)
+    first, second = rows
+    assert first.vwap == pytest.approx((200.0 + 103.0) / 3.0) and first.trade_count == 2
+    assert (first.buy_volume, first.sell_volume) == (2.0, 1.0)
+    assert first.trade_imbalance == pytest.approx(1.0 / 3.0)
+    assert (second.buy_volume, second.sell_volume, second.trade_imbalance) == (0.0, 5.0, -1.0)
+
+
+def test_hourly_rows_join_quotes_and_trades_per_hour(spark):
+    import pandas as pd
+
+    ticks = random_ticks(120)
+    parsed, _ = parse.split(kafka_frame(spark, [t.to_json() for t in ticks]))
+    trades = pd.DataFrame({
+        "symbol": ["BTCUSDT", "BTCUSDT", "ETHUSDT", "ETHUSDT"],
+        "price": [97_000.0, 97_010.0, 2_700.0, 2_690.0],
+        "qty": [0.5, 0.25, 3.0, 1.0],
+        "trade_time": pd.to_datetime([TICKS_START + timedelta(minutes=m) for m in (5, 50, 70, 400)], utc=True),
+        "buyer_is_maker": [False, True, True, False],
+    })  # the last ETH trade falls in an hour without quotes
+    frame = spark.createDataFrame(trades.assign(trade_time=trades.trade_time.dt.tz_localize(None)))
+    got = transforms.hourly_rows(transforms.enrich(parsed), frame).toPandas()
+    want = independent_hourly(ticks, trades)
+    assert len(want) == 7 and want.trade_count.sum() == 4
+    assert_hourly_equal(got, want)

@@ -122,7 +122,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureR
 
 def stack_settings(settings: Settings) -> dict[str, str]:
     """The BTCSTREAM_* values that point a subprocess at the tests' stack and test area."""
-    return {"kafka_bootstrap": settings.kafka_bootstrap, "topic": settings.topic,
+    return {"kafka_bootstrap": settings.kafka_bootstrap, "topic": settings.topic, "trades_topic": settings.trades_topic,
             "storage_root": settings.storage_root, "webhdfs_port": str(settings.webhdfs_port),
             "state_dir": str(settings.state_dir), "cache_dir": str(settings.cache_dir), "spark_master": "local[2]"}
 
@@ -175,7 +175,7 @@ def test_installed_report_runs_from_another_directory(installed: Installed, tmp_
 @pytest.mark.integration
 @pytest.mark.install
 def test_installed_demo_runs_from_another_directory(installed: Installed, local_stack: Settings) -> None:
-    settings = local_stack.replace(topic=f"test-{uuid.uuid4().hex[:10]}",
+    settings = local_stack.replace(topic=(topic := f"test-{uuid.uuid4().hex[:10]}"), trades_topic=f"{topic}-trades",
                                    storage_root=local_stack.storage_url(uuid.uuid4().hex[:8]))
     demo_dir = installed.elsewhere / "demo"
     demo_dir.mkdir()

@@ -166,7 +166,8 @@ def test_notebooks_run_the_pipeline_and_chart_what_it_stored(test_settings: Sett
 
     common = {"storage_root": test_settings.storage_root, "topic": test_settings.topic, "spark_master": "local[2]"}
     runs = build_report({
-        PIPELINE_NOTEBOOK: {**common, "duration_s": 40, "replay_speed": 1800, "progress_every_s": 5,
+        PIPELINE_NOTEBOOK: {**common, "trades_topic": test_settings.trades_topic,
+                            "duration_s": 40, "replay_speed": 1800, "progress_every_s": 5,
                             "replay_start": "2021-05-19T00:00"},
         STREAMING_NOTEBOOK: {**common, "duration_s": 8, "refresh_every_s": 4, "window": "15 minutes"},
         HOURLY_NOTEBOOK: {"storage_root": test_settings.storage_root, "engine": "pyarrow"},

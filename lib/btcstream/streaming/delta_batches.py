@@ -7,13 +7,16 @@ and writes both tables in the same batch:
 - quarantine: the refused records, appended with Delta's idempotent-write options
   (`txnAppId` = the writer's id, `txnVersion` = the batch id), so a batch replayed after a crash
   appends nothing twice;
-- raw_data: the valid ticks, deduplicated on (symbol, event_time) inside the batch, then only
+- raw_data: the valid ticks (quotes), deduplicated on (symbol, event_time) for REST quotes and
+  (symbol, update_id) for WebSocket quotes (`quote_key`) inside the batch, then only
   the keys not stored yet are added, looking only at the (date, hour) partitions the batch
   touches: by default a left anti join against the partitions already stored and an idempotent
   append (`raw_strategy="anti_join"`), or an insert-only MERGE carrying Delta's idempotent-DML
   marks (`spark.databricks.delta.write.txnAppId/txnVersion` session confs, `"merge"`). No event-time
   watermark is involved, so a tick is never dropped for arriving late: out-of-order writers and
-  catch-ups keep every tick, exactly once.
+  catch-ups keep every tick, exactly once;
+- trades: the valid records of the trades topic, deduplicated on (symbol, trade_id) the same way
+  (anti join against the batch's (date, hour) partitions of trade_time, idempotent append).
 
 Used by the job's one query (`btcstream.streaming.job`); `bench/bench_delta_batches.py` measures it.
 """
@@ -24,17 +27,19 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
-from btcstream.ingest.tick import FIELD_NAMES
-from btcstream.names import QUARANTINE_PARTITION_COLUMNS, RAW_PARTITION_COLUMNS
+from btcstream.names import QUARANTINE_PARTITION_COLUMNS, RAW_PARTITION_COLUMNS, TRADES_PARTITION_COLUMNS
 from btcstream.streaming import parse, transforms
+from btcstream.streaming.records import QUOTE, TRADE, classify_records
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 TXN_APP_ID_CONF = "spark.databricks.delta.write.txnAppId"
 TXN_VERSION_CONF = "spark.databricks.delta.write.txnVersion"
-DEDUP_KEY = ("symbol", "event_time")
+DEDUP_KEY = ("symbol", "event_time")  # a REST quote's identity; a WebSocket quote's is (symbol, update_id)
+TRADE_KEY = ("symbol", "trade_id")
 RAW_STRATEGIES = ("merge", "anti_join")
+QUOTE_KEY_COLUMN = "_quote_key"
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,14 @@ class BatchCounts:
     inserted: int  # new (symbol, event_time) keys written to raw_data
     late: int = 0  # valid ticks older than `late_before` (stored all the same: counted, never dropped)
     newest_event_time: datetime | None = None  # the largest event_time among the valid ticks
-    hours: tuple[tuple[str, datetime], ...] = field(default=())  # (symbol, hour start) the valid ticks fall in
+    hours: tuple[tuple[str, datetime], ...] = field(default=())  # (symbol, hour start) the valid ticks and trades fall in
+    trades_valid: int = 0  # valid trades read (trades topic)
+    trades_inserted: int = 0  # new (symbol, trade_id) keys written to the trades table
+
+    @property
+    def trade_duplicates(self) -> int:
+        """Valid trades whose id was already stored or repeated inside the batch."""
+        return self.trades_valid - self.trades_inserted
 
     @property
     def duplicates(self) -> int:
@@ -67,6 +79,8 @@ class DeltaBatchWriter:
     raw_url: str
     quarantine_url: str
     app_id: str
+    trades_url: str | None = None  # where valid trades go (records of `trades_topic`)
+    trades_topic: str | None = None  # the Kafka topic whose records are trades; None: every record is a quote
     # "anti_join" (default) or "merge" (Delta's insert-only MERGE). The anti join ends in a blind
     # append, which never conflicts with an OPTIMIZE running beside the job (`btcstream compact`):
     # a MERGE reads the files it may rewrite and fails when OPTIMIZE removed them meanwhile. It was
@@ -74,54 +88,65 @@ class DeltaBatchWriter:
     raw_strategy: str = "anti_join"
 
     def __call__(self, kafka_rows: DataFrame, batch_id: int, late_before: datetime | None = None) -> BatchCounts:
-        """The `foreachBatch` function: classify once, write both tables, return the counts.
+        """The `foreachBatch` function: classify once, write every table, return the counts.
 
-        `late_before`: valid ticks older than this are counted as late (and stored like the others).
+        `late_before`: valid quotes older than this are counted as late (and stored like the others).
 
-        What stays in memory for the batch is one row per record with the typed tick fields and
-        the refusal reason; the record's text is kept only for refused records (the quarantine's
-        `value`), so a batch of valid ticks does not hold its JSON twice.
+        What stays in memory for the batch is one row per record with its typed quote or trade
+        and the refusal reason; the record's bytes are kept only for refused records (the
+        quarantine's `value`), so a batch of valid records does not hold its JSON twice.
         """
         from pyspark.sql import functions as F
 
         if self.raw_strategy not in RAW_STRATEGIES:
             raise ValueError(f"raw_strategy {self.raw_strategy!r}: expected one of {', '.join(RAW_STRATEGIES)}")
-        refused_only = F.when(F.col("reason").isNotNull(), F.col("value")).alias("value")
-        rows = (parse.classify(kafka_rows)
-                .select(*parse.tick_columns(), "reason", refused_only, "topic", "partition", "offset",
-                        "kafka_timestamp")
-                .persist())
+        rows = classify_records(kafka_rows, self.trades_topic).persist()
         try:
             groups = self._summary(rows, late_before)
             records = sum(group["records"] for group in groups)
-            valid = sum(group["valid"] for group in groups)
+            valid = sum(group["valid"] for group in groups if group["kind"] == QUOTE)
+            trades_valid = sum(group["valid"] for group in groups if group["kind"] == TRADE)
             late = sum(group["late"] for group in groups)
-            hours = tuple(sorted((group["symbol"], utc(group["window_start"])) for group in groups if group["valid"]))
+            hours = tuple(sorted({(group["symbol"], utc(group["window_start"])) for group in groups if group["valid"]}))
             newest = max((utc(group["newest"]) for group in groups if group["newest"] is not None), default=None)
-            quarantined = records - valid
+            quarantined = records - valid - trades_valid
             if quarantined:
                 self._append_quarantine(parse.quarantined(rows), batch_id)
-            enriched = transforms.enrich(rows.where(F.col("reason").isNull()).select(*FIELD_NAMES))
-            write_raw = self._merge_raw if self.raw_strategy == "merge" else self._append_new_raw
-            partitions = {(start.date().isoformat(), start.hour) for _, start in hours}
-            inserted = write_raw(enriched, batch_id, partitions) if valid else 0
+            quote_hours = {(g["symbol"], utc(g["window_start"])) for g in groups if g["valid"] and g["kind"] == QUOTE}
+            inserted = 0
+            if valid:
+                enriched = transforms.enrich(rows.where(F.col("kind") == QUOTE).where(F.col("quote").isNotNull())
+                                             .select("quote.*"))
+                write_raw = self._merge_raw if self.raw_strategy == "merge" else self._append_new_raw
+                inserted = write_raw(enriched, batch_id, _partitions_of(quote_hours))
+            trades_inserted = 0
+            if trades_valid:
+                if self.trades_url is None:
+                    raise ValueError("trades arrived but the writer has no trades_url")
+                trade_hours = {(g["symbol"], utc(g["window_start"])) for g in groups if g["valid"] and g["kind"] == TRADE}
+                trades = rows.where(F.col("kind") == TRADE).where(F.col("trade").isNotNull()).select("trade.*")
+                trades_inserted = self._append_new_trades(trades, batch_id, _partitions_of(trade_hours))
         finally:
             rows.unpersist()
-        return BatchCounts(batch_id, records, quarantined, valid, inserted, late, newest, hours)
+        return BatchCounts(batch_id, records, quarantined, valid, inserted, late, newest, hours, trades_valid,
+                           trades_inserted)
 
     @staticmethod
     def _summary(rows: DataFrame, late_before: datetime | None) -> list:
-        """One Spark job over the batch: per (symbol, hour) of the valid ticks, and one group of the
-        refused records (null keys): records, valid, late ticks, newest event_time."""
+        """One Spark job over the batch: per kind, symbol and hour of the valid records, and one group
+        of the refused records (null keys): records, valid, late quotes, newest event/trade time."""
         from pyspark.sql import functions as F
 
         is_valid = F.col("reason").isNull()
-        is_late = is_valid & (F.col("event_time") < F.lit(late_before)) if late_before is not None else F.lit(False)
-        return (rows.groupBy(F.when(is_valid, F.col("symbol")).alias("symbol"),
-                             F.when(is_valid, F.date_trunc("hour", "event_time")).alias("window_start"))
+        moment = F.coalesce(F.col("quote.event_time"), F.col("trade.trade_time"))
+        is_late = (is_valid & (F.col("kind") == QUOTE) & (F.col("quote.event_time") < F.lit(late_before))
+                   if late_before is not None else F.lit(False))
+        return (rows.groupBy(F.when(is_valid, F.col("kind")).alias("kind"),
+                             F.when(is_valid, F.coalesce(F.col("quote.symbol"), F.col("trade.symbol"))).alias("symbol"),
+                             F.when(is_valid, F.date_trunc("hour", moment)).alias("window_start"))
                 .agg(F.count(F.lit(1)).alias("records"), F.count_if(is_valid).alias("valid"),
                      F.count_if(is_late).alias("late"),
-                     F.max(F.when(is_valid, F.col("event_time"))).alias("newest"))
+                     F.max(F.when(is_valid, moment)).alias("newest"))
                 .collect())
 
     def _append_quarantine(self, refused: DataFrame, batch_id: int) -> None:
@@ -143,35 +168,81 @@ class DeltaBatchWriter:
         spark = enriched.sparkSession
         if _applied(self.raw_url, self.app_id, batch_id):
             return 0
-        ticks = enriched.dropDuplicates(list(DEDUP_KEY))
+        key = ["symbol", QUOTE_KEY_COLUMN]
+        ticks = enriched.withColumn(QUOTE_KEY_COLUMN, quote_key(enriched.columns)).dropDuplicates(key)
         stored = touched & _stored_partitions(self.raw_url)
         if stored:
-            existing = (spark.read.format("delta").load(self.raw_url)
-                        .where(_within(sorted(stored), alias="")).select(*DEDUP_KEY))
-            ticks = ticks.join(existing, list(DEDUP_KEY), "left_anti")
+            table = spark.read.format("delta").load(self.raw_url)
+            existing = (table.where(_within(sorted(stored), alias=""))
+                        .select("symbol", quote_key(table.columns).alias(QUOTE_KEY_COLUMN)))
+            ticks = ticks.join(existing, key, "left_anti")
         before = table_version(self.raw_url)
-        (ticks.write.format("delta").mode("append").partitionBy(*RAW_PARTITION_COLUMNS)
+        # mergeSchema: tables written before tick schema 2 gain its columns (feed, update_id, received_at).
+        (ticks.drop(QUOTE_KEY_COLUMN).write.format("delta").mode("append").partitionBy(*RAW_PARTITION_COLUMNS)
+         .option("mergeSchema", "true")
          .option("txnAppId", self.app_id).option("txnVersion", batch_id).save(self.raw_url))
         return _rows_added_since(self.raw_url, before)
 
+    def _append_new_trades(self, trades: DataFrame, batch_id: int, touched: set[tuple[str, int]]) -> int:
+        """Trades inserted: the batch's trades minus the (symbol, trade_id) keys already stored in the
+        batch's (date, hour) partitions of trade_time, as one idempotent append (as `_append_new_raw`)."""
+        from pyspark.sql import functions as F
+
+        assert self.trades_url is not None
+        spark = trades.sparkSession
+        if _applied(self.trades_url, self.app_id, batch_id):
+            return 0
+        rows = (trades.dropDuplicates(list(TRADE_KEY))
+                .withColumn("date", F.to_date("trade_time")).withColumn("hour", F.hour("trade_time")))
+        stored = touched & _stored_partitions(self.trades_url)
+        if stored:
+            existing = (spark.read.format("delta").load(self.trades_url)
+                        .where(_within(sorted(stored), alias="")).select(*TRADE_KEY))
+            rows = rows.join(existing, list(TRADE_KEY), "left_anti")
+        before = table_version(self.trades_url)
+        (rows.write.format("delta").mode("append").partitionBy(*TRADES_PARTITION_COLUMNS)
+         .option("txnAppId", self.app_id).option("txnVersion", batch_id).save(self.trades_url))
+        return _rows_added_since(self.trades_url, before)
+
     def _merge_raw(self, enriched: DataFrame, batch_id: int, touched: set[tuple[str, int]]) -> int:
-        """Keys inserted: insert-only MERGE on (symbol, event_time) within the batch's partitions."""
+        """Keys inserted: insert-only MERGE on the quote key (`quote_key`) within the batch's partitions."""
         spark = enriched.sparkSession
         if _applied(self.raw_url, self.app_id, batch_id):
             return 0
-        ticks = enriched.dropDuplicates(list(DEDUP_KEY)).cache()
+        ticks = (enriched.withColumn(QUOTE_KEY_COLUMN, quote_key(enriched.columns))
+                 .dropDuplicates(["symbol", QUOTE_KEY_COLUMN]).drop(QUOTE_KEY_COLUMN).cache())
         try:
             partitions = sorted(touched)
             if not partitions:
                 return 0
             table = _raw_table(spark, self.raw_url, ticks)
             before = table_version(self.raw_url)
-            condition = " AND ".join(f"t.{key} = s.{key}" for key in DEDUP_KEY) + " AND " + _within(partitions)
+            condition = (f"t.symbol = s.symbol AND {_quote_key_sql('t')} = {_quote_key_sql('s')} AND "
+                         + _within(partitions))
             with _idempotent(spark, self.app_id, batch_id):
                 table.alias("t").merge(ticks.alias("s"), condition).whenNotMatchedInsertAll().execute()
             return _rows_added_since(self.raw_url, before)
         finally:
             ticks.unpersist()
+
+
+def quote_key(columns: list[str]):
+    """A quote's identity within its symbol: the WebSocket update id, else minus the event time in
+    microseconds (REST quotes have no update id; negative, so the two kinds never collide).
+    Tables written before tick schema 2 have no update_id column: their quotes are REST quotes."""
+    from pyspark.sql import functions as F
+
+    by_time = -F.unix_micros("event_time")
+    return F.coalesce(F.col("update_id"), by_time) if "update_id" in columns else by_time
+
+
+def _quote_key_sql(alias: str) -> str:
+    return f"coalesce({alias}.update_id, -unix_micros({alias}.event_time))"
+
+
+def _partitions_of(hours: set[tuple[str, datetime]]) -> set[tuple[str, int]]:
+    """The (date, hour) partitions of (symbol, hour start) keys."""
+    return {(start.date().isoformat(), start.hour) for _, start in hours}
 
 
 def utc(moment: datetime) -> datetime:

@@ -34,6 +34,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 
 from btcstream.clients.kafka import spark_kafka_options
+from btcstream.ingest.publisher import ensure_topic
 from btcstream.names import (
     CHECKPOINT_FOLDERS,
     CHECKPOINTS_DIR,
@@ -43,6 +44,7 @@ from btcstream.names import (
     QUARANTINE_DATASET,
     QUERY_NAMES,
     RAW_DATASET,
+    TRADES_DATASET,
 )
 from btcstream.settings import Settings
 from btcstream.storage.filesystem import storage_filesystem, storage_path
@@ -50,7 +52,7 @@ from btcstream.storage.layout import require_delta_layout
 from btcstream.storage.readers import latest_time
 from btcstream.streaming import parse, transforms
 from btcstream.streaming.delta_batches import BatchCounts, DeltaBatchWriter
-from btcstream.streaming.hourly_upserts import HourlyCounts, upsert_hours
+from btcstream.streaming.hourly_upserts import HourlyCounts, LiveDates, upsert_hours
 from btcstream.streaming.progress import ProgressWriter
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,7 @@ class StreamPaths:
     raw: str
     hourly: str
     quarantine: str
+    trades: str
     checkpoints: dict[str, str]
 
     @classmethod
@@ -74,6 +77,7 @@ class StreamPaths:
             raw=settings.storage_url(RAW_DATASET),
             hourly=settings.storage_url(HOURLY_DATASET),
             quarantine=settings.storage_url(QUARANTINE_DATASET),
+            trades=settings.storage_url(TRADES_DATASET),
             checkpoints={name: settings.storage_url(CHECKPOINTS_DIR, folder) for name, folder in CHECKPOINT_FOLDERS.items()},
         )
 
@@ -88,7 +92,7 @@ def kafka_source(spark: SparkSession, settings: Settings) -> DataFrame:
     return (spark.readStream.format("kafka")
             .option("kafka.bootstrap.servers", settings.kafka_bootstrap)
             .options(**{key: str(value) for key, value in spark_kafka_options(settings).items()})
-            .option("subscribe", settings.topic)
+            .option("subscribe", f"{settings.topic},{settings.trades_topic}")
             .option("startingOffsets", starting_offsets(settings))
             .option("maxOffsetsPerTrigger", str(settings.max_offsets_per_trigger))
             .option("failOnDataLoss", "true")
@@ -125,9 +129,12 @@ class IngestBatch:
         self.paths = paths
         self.allowed_lateness = settings.allowed_lateness_span
         # One writer id per checkpoint location: a new checkpoint restarts batch ids at 0.
-        self.writer = DeltaBatchWriter(paths.raw, paths.quarantine, app_id=f"btcstream-ingest:{paths.checkpoints[INGEST_QUERY]}")
+        self.writer = DeltaBatchWriter(paths.raw, paths.quarantine, app_id=f"btcstream-ingest:{paths.checkpoints[INGEST_QUERY]}",
+                                       trades_url=paths.trades, trades_topic=settings.trades_topic)
+        self.grid_seconds = int(settings.rv_grid_span.total_seconds())
         self.progress = progress
         self.event_clock: datetime | None = None  # newest event_time stored; read from the log on first use
+        self.live_dates = LiveDates()  # where hourly_metrics holds live rows; read from the table on first use
 
     def __call__(self, kafka_rows: DataFrame, batch_id: int) -> None:
         clock = self.event_clock if self.event_clock is not None else stored_event_clock(self.settings)
@@ -138,7 +145,8 @@ class IngestBatch:
         hourly = HourlyCounts(0, 0, 0, 0, 0)
         if counts.hours and clock is not None:
             hourly = upsert_hours(kafka_rows.sparkSession, self.paths.raw, self.paths.hourly, list(counts.hours),
-                                  clock, self.allowed_lateness)
+                                  clock, self.allowed_lateness, self.live_dates, trades_url=self.paths.trades,
+                                  grid_seconds=self.grid_seconds)
         self.event_clock = clock
         log.debug("batch %d: %s; hourly %s", batch_id, counts, hourly)
         if self.progress is not None:
@@ -149,6 +157,7 @@ def batch_counts(counts: BatchCounts, hourly: HourlyCounts) -> dict[str, int]:
     """The counts of one batch under the progress document's names (`progress.BATCH_COUNTS`)."""
     return {"input_rows": counts.records, "quarantined_rows": counts.quarantined, "late_rows": counts.late,
             "inserted_rows": counts.inserted, "duplicate_rows": counts.duplicates,
+            "trades_inserted": counts.trades_inserted, "trade_duplicates": counts.trade_duplicates,
             "hourly_opened": hourly.opened, "hourly_updated": hourly.updated, "hourly_revised": hourly.revised,
             "hourly_finalised": hourly.finalised}
 
@@ -172,6 +181,8 @@ def start_queries(spark: SparkSession, settings: Settings, *, queries: Iterable[
     if unknown:
         raise ValueError(f"unknown queries {sorted(unknown)}; expected some of {QUERY_NAMES}")
     require_delta_layout(settings)
+    for topic in (settings.topic, settings.trades_topic):
+        ensure_topic(settings, topic)  # Spark's Kafka source fails on a topic that does not exist yet
     interval = trigger_interval_s or settings.trigger_interval_s
     paths = StreamPaths.of(settings)
     # Parquet timestamps as int64 microseconds (UTC), readable by pyarrow/DuckDB without INT96 quirks.

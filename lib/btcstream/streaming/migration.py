@@ -203,7 +203,7 @@ def _import_dataset(spark: SparkSession, settings: Settings, dataset: str, stamp
 def _rebuild_hourly(spark: SparkSession, settings: Settings, stamp: str) -> int:
     from pyspark.sql import functions as F
 
-    from btcstream.streaming.hourly_upserts import touched_hours, upsert_hours
+    from btcstream.streaming.hourly_upserts import LiveDates, touched_hours, upsert_hours
 
     fs = storage_filesystem(settings)
     raw_url = settings.storage_url(RAW_DATASET)
@@ -217,9 +217,11 @@ def _rebuild_hourly(spark: SparkSession, settings: Settings, stamp: str) -> int:
             clock = datetime.fromtimestamp(newest / 1e6, timezone.utc)
             allowed = settings.allowed_lateness_span
             dates = sorted(row[0] for row in raw.select("date").distinct().collect())
-            for date in dates:  # a day at a time: bounded work per MERGE, and progress in the log
+            live = LiveDates()
+            grid = int(settings.rv_grid_span.total_seconds())
+            for date in dates:  # a day at a time: bounded work per upsert, and progress in the log
                 counts = upsert_hours(spark, raw_url, importing, touched_hours(raw.where(F.col("date") == date)),
-                                      clock, allowed)
+                                      clock, allowed, live, grid_seconds=grid)
                 log.info("%s %s: %d hours", HOURLY_DATASET, date, counts.hours)
     if fs.exists(path):
         _move(fs, path, storage_path(settings, LEGACY_DIR, stamp, HOURLY_DATASET))

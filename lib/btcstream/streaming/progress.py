@@ -31,6 +31,7 @@ HISTORY_BATCHES = 100
 # The per-batch counts the job notes (`ProgressWriter.note_batch`) and the totals sum.
 BATCH_COUNTS: tuple[str, ...] = (
     "input_rows", "quarantined_rows", "late_rows", "inserted_rows", "duplicate_rows",
+    "trades_inserted", "trade_duplicates",
     "hourly_opened", "hourly_updated", "hourly_revised", "hourly_finalised",
 )
 

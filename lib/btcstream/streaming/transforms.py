@@ -12,6 +12,7 @@ from pyspark.sql import functions as F
 from btcstream.names import HOURLY_COLUMNS, RAW_DERIVED_COLUMNS, RAW_PARTITION_COLUMNS
 
 HOUR = "1 hour"
+RV_GRID_SECONDS = 60  # the default realized-volatility grid (Settings.rv_grid: BTCSTREAM_RV_GRID)
 BASIS_POINTS = 10_000.0
 PERCENT = 100.0
 
@@ -65,40 +66,112 @@ def realized_volatility(mids: Column) -> Column:
     return F.sqrt(F.aggregate(squared_log_returns, F.lit(0.0), lambda total, term: total + term))
 
 
-def hourly_metrics(enriched: DataFrame) -> DataFrame:
+def hourly_metrics(enriched: DataFrame, grid_seconds: int = RV_GRID_SECONDS) -> DataFrame:
     """One row per (symbol, event-time hour [window_start, window_end)) of enriched ticks.
 
-    avg_price, high_price, low_price, open_mid, close_mid: mean, max, min, first and last (by event_time) mid_price.
+    avg_price, high_price, low_price, open_mid, close_mid: mean, max, min, first and last (by event_time,
+        then update_id) mid_price.
     avg_spread, avg_spread_bps, avg_liquidity, avg_volume_24h: means of spread, spread_bps,
-        top_of_book_liquidity, volume_24h; total_liquidity: sum of top_of_book_liquidity.
-    realized_volatility = sqrt(sum_i r_i^2), r_i = ln(mid_i / mid_{i-1}) over consecutive ticks of the
-        symbol within the hour ordered by event_time (0.0 for an hour with a single tick; not annualised).
+        top_of_book_liquidity, volume_24h (nulls left out); total_liquidity: sum of top_of_book_liquidity.
+    realized_volatility = sqrt(sum_k r_k^2), r_k = ln(m_k / m_(k-1)), where m_k is the last mid of the
+        k-th `grid_seconds` step of the hour holding a tick (previous-tick sampling on a regular grid;
+        steps without a tick repeat the previous mid, a zero return, so they are left out). 0.0 for an
+        hour with ticks in a single step; not annualised. Sampling on a grid (BTCSTREAM_RV_GRID, 1
+        minute by default) is the standard guard against bid-ask bounce at high tick rates: quotes a
+        few ms apart would otherwise add microstructure noise, not volatility. With one tick a minute
+        (the REST feed) each step holds one tick and this is the tick-to-tick value.
 
-    Why an array: a streaming append aggregation cannot use lag() over a window, and ticks arrive out
-    of order, so the hour's (event_time, mid) pairs are kept in the aggregation state, sorted once
-    when the hour closes, and the returns are computed from the sorted array. A tick a minute keeps
-    60 pairs per hour in state; a tick a second 3,600.
+    Computed in two steps so that the state per symbol-hour stays bounded whatever the tick rate:
+    per grid step, partial sums and the step's first/last mid; per hour, those combined and the
+    hour's at most 3600 / grid_seconds (60) last-mids sorted into the returns.
     """
-    grouped = enriched.groupBy("symbol", F.window("event_time", HOUR).alias("window")).agg(
-        F.avg("mid_price").alias("avg_price"),
-        F.avg("spread").alias("avg_spread"),
-        F.avg("spread_bps").alias("avg_spread_bps"),
-        F.sum("top_of_book_liquidity").alias("total_liquidity"),
-        F.avg("top_of_book_liquidity").alias("avg_liquidity"),
-        F.max("mid_price").alias("high_price"),
-        F.min("mid_price").alias("low_price"),
-        F.avg("volume_24h").alias("avg_volume_24h"),
-        F.count(F.lit(1)).alias("tick_count"),
-        ordered_mids().alias("mids"),
+    order = F.struct("event_time", F.coalesce(F.col("update_id"), F.lit(0)).alias("update_id"))
+    step = F.floor(F.unix_micros("event_time") / F.lit(grid_seconds * 1_000_000)).alias("step")
+    steps = enriched.groupBy("symbol", F.window("event_time", HOUR).alias("window"), step).agg(
+        F.count(F.lit(1)).alias("n"),
+        F.sum("mid_price").alias("sum_mid"),
+        F.sum("spread").alias("sum_spread"),
+        F.sum("spread_bps").alias("sum_spread_bps"),
+        F.sum("top_of_book_liquidity").alias("sum_liquidity"),
+        F.count("top_of_book_liquidity").alias("n_liquidity"),
+        F.sum("volume_24h").alias("sum_volume_24h"),
+        F.count("volume_24h").alias("n_volume_24h"),
+        F.max("mid_price").alias("max_mid"),
+        F.min("mid_price").alias("min_mid"),
+        F.min_by("mid_price", order).alias("first_mid"),
+        F.min(order).alias("first_at"),
+        F.max_by("mid_price", order).alias("last_mid"),
+        F.max(order).alias("last_at"),
     )
-    mids = F.col("mids.mid_price")
-    return grouped.select(
+    hours = steps.groupBy("symbol", "window").agg(
+        F.sum("n").alias("tick_count"),
+        (F.sum("sum_mid") / F.sum("n")).alias("avg_price"),
+        (F.sum("sum_spread") / F.sum("n")).alias("avg_spread"),
+        (F.sum("sum_spread_bps") / F.sum("n")).alias("avg_spread_bps"),
+        F.sum("sum_liquidity").alias("total_liquidity"),
+        F.try_divide(F.sum("sum_liquidity"), F.sum("n_liquidity")).alias("avg_liquidity"),
+        F.try_divide(F.sum("sum_volume_24h"), F.sum("n_volume_24h")).alias("avg_volume_24h"),
+        F.max("max_mid").alias("high_price"),
+        F.min("min_mid").alias("low_price"),
+        F.min_by("first_mid", "first_at").alias("open_mid"),
+        F.max_by("last_mid", "last_at").alias("close_mid"),
+        F.array_sort(F.collect_list(F.struct("step", "last_mid"))).alias("grid"),
+    )
+    return hours.select(
         "symbol",
         F.col("window.start").alias("window_start"),
         F.col("window.end").alias("window_end"),
         "avg_price", "avg_spread", "avg_spread_bps", "total_liquidity", "avg_liquidity",
-        realized_volatility(mids).alias("realized_volatility"),
-        "high_price", "low_price", "avg_volume_24h", "tick_count",
-        F.element_at(mids, 1).alias("open_mid"),
-        F.element_at(mids, -1).alias("close_mid"),
+        realized_volatility(F.col("grid.last_mid")).alias("realized_volatility"),
+        "high_price", "low_price", "avg_volume_24h", "tick_count", "open_mid", "close_mid",
     )
+
+
+def hourly_trade_metrics(trades: DataFrame) -> DataFrame:
+    """One row per (symbol, trade-time hour) of aggregate trades (`btcstream.ingest.trade`).
+
+    vwap            = sum(price * qty) / sum(qty)       (volume-weighted average price)
+    trade_count     = number of aggregate trades
+    buy_volume      = sum(qty) of trades whose buyer was the taker (buyer_is_maker false)
+    sell_volume     = sum(qty) of trades whose seller was the taker (buyer_is_maker true: a sell hit the bid)
+    trade_imbalance = (buy_volume - sell_volume) / (buy_volume + sell_volume), in [-1, 1]
+    """
+    buy = F.when(~F.col("buyer_is_maker"), F.col("qty")).otherwise(F.lit(0.0))
+    sell = F.when(F.col("buyer_is_maker"), F.col("qty")).otherwise(F.lit(0.0))
+    grouped = trades.groupBy("symbol", F.window("trade_time", HOUR).alias("window")).agg(
+        F.try_divide(F.sum(F.col("price") * F.col("qty")), F.sum("qty")).alias("vwap"),
+        F.count(F.lit(1)).alias("trade_count"),
+        F.sum(buy).alias("buy_volume"),
+        F.sum(sell).alias("sell_volume"),
+    )
+    return grouped.select(
+        "symbol", F.col("window.start").alias("window_start"), F.col("window.end").alias("window_end"),
+        "vwap", "trade_count", "buy_volume", "sell_volume",
+        F.try_divide(F.col("buy_volume") - F.col("sell_volume"),
+                     F.col("buy_volume") + F.col("sell_volume")).alias("trade_imbalance"),
+    )
+
+
+def hourly_rows(enriched: DataFrame, trades: DataFrame | None, grid_seconds: int = RV_GRID_SECONDS) -> DataFrame:
+    """The hourly_metrics columns (`HOURLY_COLUMNS`): quote metrics beside trade metrics, per (symbol, hour).
+
+    An hour with quotes but no trades has trade_count 0, buy/sell volume 0.0 and null vwap and
+    imbalance; an hour with trades but no quotes has tick_count 0 and null quote metrics.
+    """
+    quotes = hourly_metrics(enriched, grid_seconds)
+    if trades is None:
+        trades = trades_like(enriched)
+    traded = hourly_trade_metrics(trades)
+    joined = quotes.join(traded, ["symbol", "window_start", "window_end"], "full_outer")
+    return joined.select(*[
+        F.coalesce(F.col(name), F.lit(0)).alias(name) if name in ("tick_count", "trade_count")
+        else F.coalesce(F.col(name), F.lit(0.0)).alias(name) if name in ("buy_volume", "sell_volume")
+        else F.col(name)
+        for name in HOURLY_COLUMNS
+    ])
+
+
+def trades_like(frame: DataFrame) -> DataFrame:
+    """An empty frame with the trade columns `hourly_trade_metrics` reads (hours without a trades table)."""
+    return frame.sparkSession.createDataFrame(
+        [], "symbol string, price double, qty double, trade_time timestamp, buyer_is_maker boolean")
