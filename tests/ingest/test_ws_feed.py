@@ -86,49 +86,83 @@ def assert_quote_counts_add_up(feed: WebSocketFeed) -> None:
 
 # -- conflation ---------------------------------------------------------------------------------------------
 
-def test_quotes_are_conflated_to_the_rate_the_latest_book_wins_and_the_counts_add_up():
+def conflator_with_log(max_hz: float, clock: ManualTime) -> tuple[QuoteConflator, list[tuple[float, int]], FeedCounters]:
+    sent: list[tuple[float, int]] = []
+    counters = FeedCounters()
+    conflator = QuoteConflator(max_hz, lambda symbol, quote: sent.append((clock.now, quote.event.update_id)),
+                               clock.call_later, counters, clock.monotonic)
+    return conflator, sent, counters
+
+
+def book(update_id: int, clock: ManualTime) -> PendingQuote:
+    return PendingQuote(BookTickerEvent(SYMBOL, update_id, 1.0, 1.0, 2.0, 1.0), clock.now, time.time())
+
+
+def test_fast_books_are_conflated_to_the_rate_and_the_latest_book_wins():
+    clock = ManualTime()
+    conflator, sent, counters = conflator_with_log(10.0, clock)
+    latest_offered: dict[int, int] = {}  # index in `sent` -> the newest book offered before that send
+    newest = None
+    for step in range(100):  # a book every 10 ms for 1 s, against a limit of 10 per second
+        before = len(sent)
+        clock.advance_to(100.0 + step * 0.010)  # a waiting book may go out here, before this step's book
+        latest_offered.update({index: newest for index in range(before, len(sent))})
+        newest = 1000 + step
+        before = len(sent)
+        conflator.offer(SYMBOL, book(newest, clock))
+        latest_offered.update({index: newest for index in range(before, len(sent))})
+    before = len(sent)
+    clock.advance_to(101.5)
+    latest_offered.update({index: newest for index in range(before, len(sent))})
+    assert conflator.held == 0 and sent[-1][1] == 1099  # the last book is never lost
+    assert [update_id for _, update_id in sent] == [latest_offered[i] for i in range(len(sent))]  # latest wins
+    times = [moment for moment, _ in sent]
+    assert all(b - a >= 0.05 - 1e-9 for a, b in zip(times, times[1:]))  # at least half an interval apart
+    assert all(b - a == pytest.approx(0.1) for a, b in zip(times[1:], times[2:]))  # then one per interval
+    assert max(sum(1 for t in times if start <= t < start + 1.0) for start in times) <= 11
+    assert counters.conflated == 100 - len(sent) > 80
+
+
+def test_books_arriving_at_about_the_limit_are_not_held_back():
+    clock = ManualTime()
+    conflator, sent, counters = conflator_with_log(10.0, clock)
+    jitter = [0.0, 0.02, -0.02, 0.01, -0.02, 0.02, -0.01, 0.02, -0.02, 0.0]
+    for step, offset in enumerate(jitter):  # 10 per second, each up to 20 ms early or late
+        clock.advance_to(100.0 + step * 0.1 + offset)
+        conflator.offer(SYMBOL, book(step, clock))
+        assert conflator.held == 0
+    assert [u for _, u in sent] == list(range(10)) and counters.conflated == 0
+
+
+def test_a_waiting_book_goes_out_at_its_slot_even_if_no_other_comes():
+    clock = ManualTime()
+    conflator, sent, _ = conflator_with_log(4.0, clock)  # slots every 250 ms, up to 125 ms early
+    conflator.offer(SYMBOL, book(1, clock))
+    clock.advance_to(100.05)
+    conflator.offer(SYMBOL, book(2, clock))
+    clock.advance_to(100.10)
+    conflator.offer(SYMBOL, book(3, clock))
+    assert sent == [(100.0, 1)] and conflator.held == 1
+    clock.advance_to(101.0)
+    assert sent == [(100.0, 1), (100.125, 3)] and conflator.held == 0
+
+
+def test_conflation_counts_add_up_in_the_feed_at_every_step():
     clock = ManualTime()
     feed = make_feed(max_hz=10.0, symbols=(SYMBOL, "ETHUSDT"), time_source=clock)
-    start = clock.now
-    for step in range(100):  # BTCUSDT: a book every 10 ms for 1 s; ETHUSDT: one every 300 ms
-        clock.advance_to(start + step * 0.010)
+    for step in range(100):  # BTCUSDT: a book every 10 ms; ETHUSDT: one every 300 ms
+        clock.advance_to(100.0 + step * 0.010)
         feed.on_message("btcusdt@bookTicker", book_ticker(SYMBOL, 1000 + step), clock.now, time.time())
         if step % 30 == 0:
             feed.on_message("ethusdt@bookTicker", book_ticker("ETHUSDT", 50 + step), clock.now, time.time())
         assert_quote_counts_add_up(feed)
-    clock.advance_to(start + 1.2)  # the last waiting book goes out at the end of its interval
-    assert feed.conflator.held == 0
+    clock.advance_to(101.5)
     records = drain(feed)
-    btc = [r for r in records if r.symbol == SYMBOL]
-    eth = [r for r in records if r.symbol == "ETHUSDT"]
-    assert [r.update_id for r in eth] == [50, 80, 110, 140]  # slower than the limit: nothing conflated
+    assert [r.update_id for r in records if r.symbol == "ETHUSDT"] == [50, 80, 110, 140]  # slow: none conflated
     counts = feed.counters.counts_document(feed.conflator.held)
-    assert counts["received"]["quote"] == 104 and counts["sent"]["quote"] == len(records)
-    assert counts["conflated"] == 104 - len(records) > 80
+    assert counts["received"]["quote"] == 104 and counts["held"] == 0
+    assert counts["sent"]["quote"] == len(records) and counts["conflated"] == 104 - len(records) > 80
     assert_quote_counts_add_up(feed)
-    assert btc[-1].update_id == 1099  # the latest book is never lost
-    # at most 10 per second: 0 s, then one at the end of each 100 ms interval (0.1 .. 1.0 s)
-    assert len(btc) == 11
-    sent_at = [datetime.fromisoformat(r.event_time) for r in btc]
-    received_ids = [r.update_id for r in btc]
-    assert received_ids == sorted(received_ids) and received_ids[1] == 1009  # the latest of the first interval
-    assert all(b >= a for a, b in zip(sent_at, sent_at[1:]))
-
-
-def test_a_conflated_quote_goes_out_at_the_end_of_its_interval_even_if_no_other_comes():
-    clock = ManualTime()
-    emitted: list[tuple[float, int]] = []
-    conflator = QuoteConflator(4.0, lambda symbol, quote: emitted.append((clock.now, quote.event.update_id)),
-                               clock.call_later, FeedCounters(), clock.monotonic)
-    quote = lambda u: PendingQuote(BookTickerEvent(SYMBOL, u, 1.0, 1.0, 2.0, 1.0), clock.now, time.time())  # noqa: E731
-    conflator.offer(SYMBOL, quote(1))
-    clock.advance_to(100.05)
-    conflator.offer(SYMBOL, quote(2))
-    clock.advance_to(100.10)
-    conflator.offer(SYMBOL, quote(3))
-    assert emitted == [(100.0, 1)] and conflator.held == 1
-    clock.advance_to(101.0)
-    assert emitted == [(100.0, 1), (100.25, 3)] and conflator.held == 0
 
 
 # -- records --------------------------------------------------------------------------------------------------

@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 import threading
 from contextlib import ExitStack
-from urllib.parse import urlparse
 
 from btcstream.exchange import DEFAULT_REPLAY_SPEED, replay_exchange
 from btcstream.errors import BtcstreamError
 from btcstream.names import SOURCES
-from btcstream.settings import FEEDS, LOCAL_HOSTS, Settings
+from btcstream.settings import FEEDS, Settings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -43,14 +42,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     feed = args.feed or settings.feed
     if feed == "websocket" and args.max_polls is not None:
         raise BtcstreamError("--max-polls applies to --feed rest; the websocket feed runs until stopped (Ctrl-C)")
+    settings = settings.replace(feed=feed)  # the replay checks the URLs of the feed in use
     stop = threading.Event()
     stop_on_signals(stop)
     with ExitStack() as resources:
         if args.source == "replay":
             settings = resources.enter_context(replay_exchange(settings, speed=args.speed))
-            if feed == "websocket" and urlparse(settings.binance_ws_url).hostname not in LOCAL_HOSTS:
-                raise BtcstreamError(f"the replay exchange at {settings.binance_url} gives no WebSocket URL "
-                                     f"(BTCSTREAM_BINANCE_WS_URL is {settings.binance_ws_url}): set it to the "
-                                     f"exchange's ws:// address or use --feed rest")
-        stats = run_feed(settings, feed=feed, max_polls=args.max_polls, stop_event=stop)
+        stats = run_feed(settings, max_polls=args.max_polls, stop_event=stop)
     return 0 if stats.failed == 0 and stats.pending == 0 else 1

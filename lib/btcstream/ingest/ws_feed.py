@@ -8,8 +8,9 @@ the quotes; the exchange clock is synced with `GET /api/v3/time` about once a mi
 - A quote (Tick, schema 2, `feed="websocket"`) carries the book's `update_id`, `received_at` (the
   producer's clock when the frame arrived) and `event_time`: bookTicker has no event time, so the
   receive moment on the exchange's clock. Quotes are conflated per symbol to at most
-  `ws_max_quotes_hz`: within an interval the latest book replaces the one waiting (counted as
-  conflated) and is sent when the interval ends, never dropped for good.
+  `ws_max_quotes_hz` (`QuoteConflator`): a book that comes too soon waits for its slot, a newer
+  one replaces it (counted as conflated), and the waiting one is sent when the slot comes, never
+  dropped for good.
 - A trade (Trade, `feed="websocket"`) goes to `trades_topic`; trades are never conflated. Trades
   fetched from REST to fill a gap (`gaps`) carry `feed="rest"`.
 - Continuity (`gaps.ContinuityTracker`): duplicate update/trade ids (the overlap of a handover) are
@@ -116,25 +117,31 @@ class PendingQuote:
 
 
 class QuoteConflator:
-    """At most `max_hz` quotes per symbol; within an interval the latest book wins and is sent at its end.
+    """At most `max_hz` quotes per symbol; a book that comes too soon waits, replaced by newer ones (the latest
+    book wins), and is sent when its slot comes.
 
-    `schedule(delay_s, callback)` runs `callback` later (the event loop's `call_later`).
+    The pacing is a virtual schedule (GCRA): each send books the next slot one interval later; a book
+    may go up to half an interval early, so quotes arriving at about the limit (with network jitter)
+    are not held back, while sends stay at least half an interval apart and average at most `max_hz`
+    (any one second holds at most `max_hz` + 1). `schedule(delay_s, callback)` runs `callback` later
+    (the event loop's `call_later`).
     """
 
     def __init__(self, max_hz: float, emit: Callable[[str, PendingQuote], None],
                  schedule: Callable[[float, Callable[[], None]], Any], counters: FeedCounters,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self.interval_s = 1.0 / max_hz
+        self.tolerance_s = self.interval_s / 2
         self._emit = emit
         self._schedule = schedule
         self._counters = counters
         self._monotonic = monotonic
-        self._last_sent: dict[str, float] = {}
+        self._next_slot: dict[str, float] = {}  # per symbol: the theoretical time of the next send
         self._pending: dict[str, PendingQuote] = {}
 
     @property
     def held(self) -> int:
-        """Quotes waiting for the end of their interval (at most one per symbol)."""
+        """Quotes waiting for their slot (at most one per symbol)."""
         return len(self._pending)
 
     def offer(self, symbol: str, quote: PendingQuote) -> None:
@@ -143,13 +150,12 @@ class QuoteConflator:
             self._pending[symbol] = quote
             return
         now = self._monotonic()
-        last = self._last_sent.get(symbol)
-        if last is None or now - last >= self.interval_s:
-            self._last_sent[symbol] = now
-            self._emit(symbol, quote)
+        slot = self._next_slot.get(symbol, now)
+        if now >= slot - self.tolerance_s:
+            self._send(symbol, quote, now)
             return
         self._pending[symbol] = quote
-        self._schedule(last + self.interval_s - now, lambda: self._release(symbol))
+        self._schedule(slot - self.tolerance_s - now, lambda: self._release(symbol))
 
     def flush_all(self) -> None:
         """Send every waiting quote now (at shutdown)."""
@@ -158,9 +164,11 @@ class QuoteConflator:
 
     def _release(self, symbol: str) -> None:
         quote = self._pending.pop(symbol, None)
-        if quote is None:
-            return
-        self._last_sent[symbol] = self._monotonic()
+        if quote is not None:
+            self._send(symbol, quote, self._monotonic())
+
+    def _send(self, symbol: str, quote: PendingQuote, now: float) -> None:
+        self._next_slot[symbol] = max(self._next_slot.get(symbol, now), now) + self.interval_s
         self._emit(symbol, quote)
 
 
