@@ -10,6 +10,8 @@ Storage layout under the storage root (`Settings.storage_root`), every dataset a
     <root>/raw_data        enriched ticks, partitioned by date=YYYY-MM-DD/hour=H of event_time
     <root>/hourly_metrics  one row per symbol and event-time hour (live, then final), partitioned by date of window_start
     <root>/quarantine      records the job refused: raw bytes, a readable preview, the reason; partitioned by date
+    <root>/trades          aggregate trades, one row per (symbol, trade_id), partitioned by date/hour of trade_time
+    <root>/klines          Binance klines from `btcstream backfill`, partitioned by interval and date of open_time
     <root>/checkpoints/<folder>   the Spark checkpoint of the job's query, plus progress/<query>.json
 """
 
@@ -21,12 +23,13 @@ HOURLY_DATASET = "hourly_metrics"
 QUARANTINE_DATASET = "quarantine"
 TRADES_DATASET = "trades"  # aggregate trades (btcstream.ingest.trade), partitioned by date/hour of trade_time
 KLINES_DATASET = "klines"  # Binance klines written by `btcstream backfill`, partitioned by interval and date
-DATASETS: tuple[str, ...] = (RAW_DATASET, HOURLY_DATASET, QUARANTINE_DATASET)
+DATASETS: tuple[str, ...] = (RAW_DATASET, HOURLY_DATASET, QUARANTINE_DATASET, TRADES_DATASET, KLINES_DATASET)
 CHECKPOINTS_DIR = "checkpoints"
 PROGRESS_DIR = "progress"  # under CHECKPOINTS_DIR: the queries' persisted progress documents
 
 # The column each dataset is read and sorted by in time (quarantine rows by their Kafka timestamp).
-TIME_COLUMNS = {RAW_DATASET: "event_time", HOURLY_DATASET: "window_start", QUARANTINE_DATASET: "kafka_timestamp"}
+TIME_COLUMNS = {RAW_DATASET: "event_time", HOURLY_DATASET: "window_start", QUARANTINE_DATASET: "kafka_timestamp",
+                TRADES_DATASET: "trade_time", KLINES_DATASET: "open_time"}
 
 # The streaming job's one query (it reads the topic once and writes every table) and its checkpoint folder.
 INGEST_QUERY = "btcstream_ingest"

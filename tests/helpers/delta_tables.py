@@ -32,8 +32,10 @@ UTC_MICROS = pa.timestamp("us", tz="UTC")  # Spark's TIMESTAMP in Delta
 
 
 def _tick_type(name: str) -> pa.DataType:
-    if name == "symbol":
+    if name in ("symbol", "feed"):
         return pa.string()
+    if name == "update_id":
+        return pa.int64()
     if name in TIME_FIELDS:
         return UTC_MICROS
     if name == "schema_version":
@@ -72,6 +74,7 @@ def raw_frame(times: Sequence[datetime], symbols: Sequence[str] = ("BTCUSDT", "E
                 "volume_24h": 18_000.0 + i, "quote_volume_24h": 1.7e9, "high_24h": base * 1.02, "low_24h": base * 0.98,
                 "price_change_24h": 10.0, "price_change_percentage_24h": 0.01, "trade_timestamp": moment,
                 "market_cap": None, "coingecko_total_volume": None, "coingecko_last_updated": None, "schema_version": 1,
+                "feed": "rest", "update_id": None, "received_at": None,
             })
     frame = pd.DataFrame(rows, columns=list(FIELD_NAMES))
     mid = (frame.bid_price + frame.ask_price) / 2

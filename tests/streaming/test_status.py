@@ -35,7 +35,8 @@ TOPIC = TopicEnds(beginning={0: 0, 1: 0, 2: 5}, end={0: 100, 1: 50, 2: 30})
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(storage_root=f"file://{tmp_path}/store", topic="ticks", kafka_bootstrap="localhost:1")
+    return Settings(storage_root=f"file://{tmp_path}/store", topic="ticks", kafka_bootstrap="localhost:1",
+                    state_dir=tmp_path / "state")
 
 
 def column_type(name: str) -> pa.DataType:
@@ -175,7 +176,7 @@ def test_states_never_started_stale_stopped_and_failed_with_its_error(settings: 
     writer.mark_stopped(INGEST_QUERY, "StreamingQueryException: [DELTA_CONCURRENT_APPEND] boom\n\tat org.apache...")
     report = status.status_report(settings, topic=TOPIC)
     assert report.queries[0].state == "failed"
-    assert status.format_queries(report.queries).splitlines()[3] == (
+    assert status.format_queries(report.queries).splitlines()[4] == (
         "  error: StreamingQueryException: [DELTA_CONCURRENT_APPEND] boom")
 
 
@@ -185,7 +186,7 @@ def test_json_is_one_object_of_tables_queries_and_hourly(settings: Settings) -> 
 
     document = json.loads(status.status_report(settings, topic=TOPIC).to_json())
 
-    assert set(document) == {"tables", "queries", "hourly", "warnings"}
+    assert set(document) == {"tables", "queries", "hourly", "feed", "warnings"}
     raw = next(t for t in document["tables"] if t["name"] == RAW_DATASET)
     assert (raw["version"], raw["files"], raw["rows"]) == (0, 1, 1)
     assert datetime.fromisoformat(raw["last_commit"]).utcoffset() == timedelta(0)
@@ -304,3 +305,31 @@ def test_status_on_the_real_stack_reads_the_hdfs_tables_and_the_brokers_lag(test
     assert query.state == "running" and query.lag_offsets == (10 - 4) + (5 - 0)
     assert (query.inserted_rows_total, query.quarantined_rows_total) == (3, 1)
     assert (report.hourly.open_rows, report.hourly.final_rows, report.hourly.revised_rows) == (1, 1, 1)
+
+
+def test_the_websocket_feed_counts_and_gaps_are_shown_when_a_producer_wrote_them(settings: Settings) -> None:
+    from btcstream.ingest.feed_status import write_feed_status
+
+    now = datetime(2025, 2, 14, 12, tzinfo=timezone.utc)
+    assert status.status_report(settings, now, TOPIC).feed is None  # no WebSocket producer ran here
+    write_feed_status(settings, {
+        "version": 1, "feed": "websocket", "state": "running", "written_at": (now - timedelta(seconds=3)).isoformat(),
+        "counts": {"received": {"quote": 1_000, "ticker": 40, "trade": 300}, "sent": {"quote": 700, "trade": 295,
+                                                                                     "trade_rest": 5},
+                   "conflated": 290, "held": 0, "overflowed": {"quote": 10, "trade": 5}, "malformed": {"json": 2}},
+        "connections": {"reconnects": {"closed": 2, "stale": 1}},
+        "gaps": {"total": {"downtime": 1, "trade_ids": 1}, "unfilled_trade_gaps": 0, "missing_trade_ids": 0,
+                 "recent": [{"symbol": "BTCUSDT", "kind": "trade_ids", "from_id": 41, "to_id": 45,
+                             "start": "2025-02-14T11:59:00+00:00", "duration_s": 2.5, "filled": True}]},
+    })
+    report = status.status_report(settings, now, TOPIC)
+    feed = report.feed
+    assert feed is not None and feed.state == "running"
+    assert feed.received_quotes == feed.sent_quotes + feed.conflated + 10  # the counts add up
+    assert (feed.sent_trades, feed.overflowed, feed.malformed, feed.reconnects) == (300, 15, 2, 3)
+    text = status.format_report(report)
+    assert "websocket feed: running" in text and "BTCUSDT trade_ids ids 41-45, 2.5 s" in text
+    assert all(len(line) <= status.WIDTH for line in text.splitlines())
+    assert json.loads(report.to_json())["feed"]["gaps"] == {"downtime": 1, "trade_ids": 1}
+    # A producer that stopped writing long ago is not shown as running.
+    assert status.feed_status(settings, now + timedelta(hours=1)).state.startswith("silent")

@@ -29,6 +29,7 @@ import pandas as pd
 
 from btcstream.errors import StorageReadError
 from btcstream.ingest.tick import FIELD_NAMES
+from btcstream.ingest.trade import TRADE_FIELD_NAMES
 from btcstream.names import (
     DATASETS,
     HOURLY_COLUMNS,
@@ -42,6 +43,8 @@ from btcstream.names import (
     RAW_DERIVED_COLUMNS,
     RAW_PARTITION_COLUMNS,
     TIME_COLUMNS,
+    TRADES_DATASET,
+    TRADES_PARTITION_COLUMNS,
 )
 from btcstream.settings import Settings
 from btcstream.storage.layout import require_delta_layout
@@ -61,8 +64,9 @@ AsOf = Union[int, datetime, str, None]  # a table version, a time, or text holdi
 RAW_COLUMNS: tuple[str, ...] = FIELD_NAMES + RAW_DERIVED_COLUMNS + RAW_PARTITION_COLUMNS
 HOURLY_TABLE_COLUMNS: tuple[str, ...] = HOURLY_COLUMNS + HOURLY_LIFECYCLE_COLUMNS + HOURLY_PARTITION_COLUMNS
 QUARANTINE_TABLE_COLUMNS: tuple[str, ...] = QUARANTINE_COLUMNS + QUARANTINE_PARTITION_COLUMNS
+TRADES_COLUMNS: tuple[str, ...] = TRADE_FIELD_NAMES + TRADES_PARTITION_COLUMNS
 TABLE_COLUMNS = {RAW_DATASET: RAW_COLUMNS, HOURLY_DATASET: HOURLY_TABLE_COLUMNS,
-                 QUARANTINE_DATASET: QUARANTINE_TABLE_COLUMNS}
+                 QUARANTINE_DATASET: QUARANTINE_TABLE_COLUMNS, TRADES_DATASET: TRADES_COLUMNS}
 
 # Rows are sorted by these columns, those a table has, in this order (the Kafka coordinates break
 # ties between quarantined records of the same timestamp, so every engine gives the same order).
@@ -118,6 +122,14 @@ def read_raw_ticks(settings: Settings, time_range: TimeRange = TimeRange(),
     """Enriched ticks whose `event_time` lies in `time_range`, for `symbols` (None: all)."""
     return read_dataset(settings, RAW_DATASET, TIME_COLUMNS[RAW_DATASET], time_range, symbols, engine,
                         empty_columns=RAW_COLUMNS, as_of=as_of)
+
+
+def read_trades(settings: Settings, time_range: TimeRange = TimeRange(),
+                symbols: Sequence[str] | None = None, engine: Engine = "auto",
+                as_of: AsOf = None) -> pd.DataFrame:
+    """Aggregate trades whose `trade_time` lies in `time_range`, for `symbols` (None: all)."""
+    return read_dataset(settings, TRADES_DATASET, TIME_COLUMNS[TRADES_DATASET], time_range, symbols, engine,
+                        empty_columns=TRADES_COLUMNS, as_of=as_of)
 
 
 def read_quarantine(settings: Settings, time_range: TimeRange = TimeRange(), engine: Engine = "auto",

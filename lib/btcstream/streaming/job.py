@@ -33,7 +33,7 @@ from typing import Iterable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
 
-from btcstream.clients.kafka import spark_kafka_options
+from btcstream.clients.kafka import kafka_python_options, spark_kafka_options
 from btcstream.ingest.publisher import ensure_topic
 from btcstream.names import (
     CHECKPOINT_FOLDERS,
@@ -112,7 +112,22 @@ def starting_offsets(settings: Settings) -> str:
         saved = json.loads(handle.read().decode())
     if saved.get("topic") != settings.topic or not saved.get("offsets"):
         return "earliest"
-    return json.dumps({settings.topic: {str(partition): int(offset) for partition, offset in saved["offsets"].items()}})
+    # Specific offsets must name every partition of every subscribed topic: the trades topic
+    # (which the old job never read) from its earliest offset (-2).
+    trades = {str(partition): -2 for partition in topic_partitions(settings, settings.trades_topic)}
+    return json.dumps({settings.topic: {str(partition): int(offset) for partition, offset in saved["offsets"].items()},
+                       settings.trades_topic: trades})
+
+
+def topic_partitions(settings: Settings, topic: str) -> list[int]:
+    """The partition numbers of `topic` (empty when it does not exist)."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, **kafka_python_options(settings))
+    try:
+        return sorted(consumer.partitions_for_topic(topic) or ())
+    finally:
+        consumer.close()
 
 
 def raw_schema(spark: SparkSession):

@@ -27,6 +27,7 @@ from typing import Any, Iterator
 
 from btcstream.errors import StorageReadError
 from btcstream.infra.processes import port_answers
+from btcstream.ingest.feed_status import read_feed_status
 from btcstream.names import CHECKPOINT_FOLDERS, DATASETS, HOURLY_DATASET, INGEST_QUERY, KAFKA_QUERIES, QUERY_NAMES
 from btcstream.settings import Settings
 from btcstream.storage.checkpoints import committed_kafka_offsets
@@ -35,6 +36,7 @@ from btcstream.streaming.progress import read_progress
 
 # A query that reported nothing (progress or idle) for this long is shown as not running.
 STALE_AFTER_S = 120.0
+RECENT_GAPS_SHOWN = 5  # gaps listed by `btcstream status` (all are in the feed-status document)
 # How long status waits for the broker before it prints the tables without the lag.
 KAFKA_TIMEOUT_MS = 5_000
 WIDTH = 120  # the tables fit a terminal this wide
@@ -67,6 +69,8 @@ class QueryStatus:
     quarantined_rows_total: int = 0
     inserted_rows_total: int = 0
     duplicate_rows_total: int = 0
+    trades_inserted_total: int = 0
+    trade_duplicates_total: int = 0
     error: str | None = None
 
 
@@ -84,6 +88,30 @@ class HourlyStatus:
 
 
 @dataclass(frozen=True)
+class FeedStatus:
+    """The WebSocket producer's counters and gaps (its feed-status document, `ingest.feed_status`).
+
+    received = sent + conflated + overflowed (+ held back for conflation) per the producer; gaps are
+    update-id/trade-id discontinuities and downtime windows, filled from REST where possible.
+    """
+
+    state: str  # running | stopped (as the producer last wrote; stale documents say so)
+    written_at: datetime | None
+    received_quotes: int
+    received_trades: int
+    sent_quotes: int
+    sent_trades: int  # from the stream, plus those refetched from REST to fill gaps
+    conflated: int
+    overflowed: int
+    malformed: int
+    reconnects: int
+    gaps: dict[str, int]  # per kind, how many
+    unfilled_trade_gaps: int
+    missing_trade_ids: int
+    recent_gaps: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class StatusReport:
     """Everything `btcstream status` prints, as of one moment."""
 
@@ -91,12 +119,14 @@ class StatusReport:
     queries: list[QueryStatus]
     hourly: HourlyStatus
     warnings: list[str] = field(default_factory=list)
+    feed: FeedStatus | None = None  # None: no WebSocket producer has run with these settings on this machine
 
     def to_json(self) -> str:
-        """One JSON object: tables, queries, hourly, warnings (times in ISO 8601, UTC)."""
+        """One JSON object: tables, queries, hourly, feed, warnings (times in ISO 8601, UTC)."""
         document = {
             "tables": [_plain(t) for t in self.tables], "queries": [_plain(q) for q in self.queries],
-            "hourly": _plain(self.hourly), "warnings": self.warnings,
+            "hourly": _plain(self.hourly), "feed": _plain(self.feed) if self.feed else None,
+            "warnings": self.warnings,
         }
         return json.dumps(document, indent=2)
 
@@ -125,6 +155,7 @@ def status_report(settings: Settings, now: datetime | None = None, topic: TopicE
             queries=[query_status(settings, name, documents[name], topic, now) for name in QUERY_NAMES],
             hourly=hourly_status(settings, _totals(documents[INGEST_QUERY])),
             warnings=[topic.problem] if topic.problem else [],
+            feed=feed_status(settings, now),
         )
     except OSError as error:  # HDFS down or the root unreadable (requests' errors are OSErrors too)
         raise StorageReadError(f"cannot read the storage root {settings.storage_root} ({_first_line(error)}): "
@@ -205,7 +236,36 @@ def query_status(settings: Settings, name: str, document: dict[str, Any] | None,
         batch_duration_ms=(latest.get("durationMs") or {}).get("triggerExecution"), lag_offsets=lag,
         late_rows_total=int(totals.get("late_rows", 0)), quarantined_rows_total=int(totals.get("quarantined_rows", 0)),
         inserted_rows_total=int(totals.get("inserted_rows", 0)),
-        duplicate_rows_total=int(totals.get("duplicate_rows", 0)), error=document.get("error"),
+        duplicate_rows_total=int(totals.get("duplicate_rows", 0)),
+        trades_inserted_total=int(totals.get("trades_inserted", 0)),
+        trade_duplicates_total=int(totals.get("trade_duplicates", 0)), error=document.get("error"),
+    )
+
+
+def feed_status(settings: Settings, now: datetime) -> FeedStatus | None:
+    """The producer's feed-status document as a FeedStatus; None when there is none (REST feed, other machine)."""
+    document = read_feed_status(settings)
+    if not document:
+        return None
+    counts = document.get("counts") or {}
+    received, sent = counts.get("received") or {}, counts.get("sent") or {}
+    overflowed = counts.get("overflowed") or {}
+    gaps = document.get("gaps") or {}
+    written = _utc(document.get("written_at"))
+    state = str(document.get("state", "unknown"))
+    if state == "running" and (written is None or (now - written).total_seconds() > STALE_AFTER_S):
+        state = "silent (no update)"
+    return FeedStatus(
+        state=state, written_at=written,
+        received_quotes=int(received.get("quote", 0)), received_trades=int(received.get("trade", 0)),
+        sent_quotes=int(sent.get("quote", 0)), sent_trades=int(sent.get("trade", 0)) + int(sent.get("trade_rest", 0)),
+        conflated=int(counts.get("conflated", 0)), overflowed=sum(int(v) for v in overflowed.values()),
+        malformed=sum(int(v) for v in (counts.get("malformed") or {}).values()),
+        reconnects=sum(int(v) for v in ((document.get("connections") or {}).get("reconnects") or {}).values()),
+        gaps={str(k): int(v) for k, v in (gaps.get("total") or {}).items()},
+        unfilled_trade_gaps=int(gaps.get("unfilled_trade_gaps", 0)),
+        missing_trade_ids=int(gaps.get("missing_trade_ids", 0)),
+        recent_gaps=list(gaps.get("recent") or [])[-RECENT_GAPS_SHOWN:],
     )
 
 
@@ -249,7 +309,31 @@ def topic_ends(settings: Settings) -> TopicEnds:
 
 def format_report(report: StatusReport) -> str:
     """The report as three fixed-width blocks (tables, queries, hourly rows), each line at most `WIDTH` wide."""
-    return "\n\n".join([format_tables(report.tables), format_queries(report.queries), format_hourly(report.hourly)])
+    blocks = [format_tables(report.tables), format_queries(report.queries), format_hourly(report.hourly)]
+    if report.feed is not None:
+        blocks.append(format_feed(report.feed))
+    return "\n\n".join(blocks)
+
+
+def format_feed(feed: FeedStatus) -> str:
+    """The WebSocket feed: counts that add up, reconnects, gaps (the most recent ones listed)."""
+    when = f"{feed.written_at:%Y-%m-%d %H:%M:%S}" if feed.written_at else "-"
+    gaps = ", ".join(f"{n:,} {kind}" for kind, n in sorted(feed.gaps.items())) or "none"
+    lines = [
+        f"websocket feed: {feed.state} (updated {when} UTC), {feed.reconnects:,} reconnects",
+        f"  quotes: {feed.received_quotes:,} received, {feed.sent_quotes:,} sent, {feed.conflated:,} conflated; "
+        f"trades: {feed.received_trades:,} received, {feed.sent_trades:,} sent",
+        f"  dropped: {feed.overflowed:,} overflowed (buffer full), {feed.malformed:,} malformed frames",
+        _clip(f"  gaps: {gaps}; {feed.unfilled_trade_gaps:,} trade gaps unfilled ({feed.missing_trade_ids:,} ids)"),
+    ]
+    for gap in feed.recent_gaps:
+        ids = f"ids {gap.get('from_id')}-{gap.get('to_id')}" if gap.get("from_id") is not None else "no ids"
+        duration = gap.get("duration_s")
+        lasted = f", {duration:.1f} s" if isinstance(duration, (int, float)) else ""
+        filled = "filled" if gap.get("filled") else "NOT filled"
+        lines.append(_clip(f"    {gap.get('symbol', '?')} {gap.get('kind', '?')} {ids}{lasted}, "
+                           f"from {gap.get('start', '?')}: {filled}"))
+    return "\n".join(lines)
 
 
 def format_tables(tables: list[TableStatus]) -> str:
@@ -275,6 +359,7 @@ def format_queries(queries: list[QueryStatus]) -> str:
                      f"{_number(q.lag_offsets):>13} {_number(q.late_rows_total):>14} "
                      f"{_number(q.quarantined_rows_total):>14}")
         lines.append(f"  raw_data: {q.inserted_rows_total:,} ticks inserted, {q.duplicate_rows_total:,} duplicates skipped")
+        lines.append(f"  trades: {q.trades_inserted_total:,} inserted, {q.trade_duplicates_total:,} duplicates skipped")
         if q.error:
             lines.append(_clip(f"  error: {_first_line(q.error)}"))
     return "\n".join(lines)
