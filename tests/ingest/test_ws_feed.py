@@ -318,3 +318,89 @@ def test_the_status_document_is_replaced_atomically_and_read_back(tmp_path):
     assert [p.name for p in (tmp_path / "feed").iterdir()] == ["atomic-test.json"]  # no temporary file left
     feed_status_path(settings).write_text("{not json")
     assert read_feed_status(settings) is None
+
+
+# -- against the replay exchange, into Kafka ------------------------------------------------------------------
+
+def read_topic(settings: Settings, topic: str, timeout_s: float = 60.0) -> list[Any]:
+    """Every record of `topic`, from the start (reads until a few seconds pass without a new record)."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
+                             enable_auto_commit=False, group_id=None, consumer_timeout_ms=3000)
+    records: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            batch = list(consumer)
+            records += batch
+            if records and not batch:
+                break
+    finally:
+        consumer.close()
+    return records
+
+
+@pytest.mark.integration
+def test_every_trade_id_the_replay_exchange_sent_reaches_kafka_exactly_once(test_settings, tmp_path):
+    from btcstream.exchange import StreamFault
+    from helpers.replay_exchange import two_symbol_exchange
+
+    symbols = ("BTCUSDT", "ETHUSDT")
+    # (fault, seconds to let it play out): a silence needs the watchdog's 2 s before the next fault
+    faults = [(StreamFault("trade_id_gap", skip=25), 1.5), (StreamFault("close_1006"), 1.5),
+              (StreamFault("malformed", frames=4), 1.5), (StreamFault("server_shutdown", delay_s=0.5), 1.5),
+              (StreamFault("silence", duration_s=5.0), 3.5), (StreamFault("abrupt_close"), 1.5),
+              (StreamFault("update_id_gap", skip=7), 1.5), (StreamFault("cut_24h"), 1.5)]
+    # an hour of exchange time per second: the exchange cuts connections at 6 simulated hours (6 s), the
+    # producer hands over at 5 (its age limit is on the exchange's clock)
+    with two_symbol_exchange(tmp_path, speed=3600.0, ws_quotes_per_second=100, ws_trades_per_second=50,
+                             ws_max_connection_age_ms=6 * 3_600_000) as exchange:
+        settings = exchange.settings_for(test_settings.replace(
+            symbols=symbols, trades_topic=f"{test_settings.topic}-trades", state_dir=tmp_path / "state",
+            ws_stale_after_s=2.0))
+        options = FeedOptions(max_connection_age_s=5 * 3600.0, status_interval_s=0.5, probe_delay_s=0.5,
+                              backoff_base_s=0.1, backoff_cap_s=1.0)
+        stop = threading.Event()
+        outcome: list[Any] = []
+        worker = threading.Thread(target=lambda: outcome.append(run_websocket_feed(settings, stop, options=options)))
+        worker.start()
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and ((read_feed_status(settings) or {}).get("counts", {})
+                                                  .get("sent", {}).get("trade", 0)) == 0:
+                time.sleep(0.1)
+            for fault, play_out_s in faults:
+                assert exchange.inject_ws_fault(fault), fault  # it hit an open connection
+                time.sleep(play_out_s)
+            time.sleep(7.0)  # long enough for a planned handover before the exchange's cut
+            exchange.market.clock.set_speed(1e-6)  # the market stands still: nothing new to stream
+            time.sleep(3.0)  # the producer catches up (gap fills included)
+        finally:
+            stop.set()
+            worker.join(120)
+        emitted = exchange.state()["ws"]["ids"]
+    document = outcome[0].document
+    trades = [Trade.from_json(record.value) for record in read_topic(settings, settings.trades_topic)]
+    for symbol in symbols:
+        ids = sorted(t.trade_id for t in trades if t.symbol == symbol)
+        expected = list(range(emitted[symbol]["first_trade_id"], emitted[symbol]["last_trade_id"] + 1))
+        assert ids == expected, (symbol, len(ids), len(expected), sorted(set(expected) - set(ids))[:10])
+    assert any(t.feed == "rest" for t in trades)  # the gaps were filled from GET /api/v3/aggTrades
+    ticks = [Tick.from_json(record.value) for record in read_topic(settings, settings.topic)]
+    assert len({(t.symbol, t.update_id) for t in ticks}) == len(ticks) > 100  # a quote once per update id
+    assert {t.feed for t in ticks} == {"websocket"} and all(t.received_at for t in ticks)
+
+    counts, kafka = document["counts"], document["kafka"]
+    assert counts["received"]["quote"] == counts["sent"]["quote"] + counts["conflated"] + counts["overflowed"]["quote"]
+    assert counts["received"]["trade"] == counts["sent"]["trade"] + counts["overflowed"]["trade"]
+    assert kafka["acknowledged"] == len(trades) + len(ticks) and (kafka["failed"], kafka["pending"]) == (0, 0)
+    assert sum(counts["malformed"].values()) >= 4
+    reconnects = document["connections"]["reconnects"]
+    assert {"abnormal_closure", "stale", "server_shutdown", "closed", "max_age"} <= set(reconnects), reconnects
+    gaps = document["gaps"]
+    assert gaps["missing_trade_ids"] == 0 and gaps["unfilled_trade_gaps"] == 0
+    assert {"downtime", "trade_ids"} <= set(gaps["total"])
+    assert all(gap["filled"] for gap in gaps["recent"] if gap["kind"] != "downtime")
+    assert all(gap["duration_s"] is not None for gap in gaps["recent"] if gap["kind"] == "downtime")
+    assert sum(jumps["ids_skipped"] for jumps in document["update_id_jumps"].values()) >= 7
