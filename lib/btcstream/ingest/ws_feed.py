@@ -419,19 +419,20 @@ def _latency_hook(latency: LatencyRecorder) -> Callable[[Record], None]:
 
 def run_websocket_feed(settings: Settings, stop_event: threading.Event | None = None, *,
                        options: FeedOptions | None = None, publisher: Publisher | None = None,
-                       binance: BinanceClient | None = None, coingecko: CoinGeckoClient | None = None
-                       ) -> WebSocketFeedStats:
+                       binance: BinanceClient | None = None, coingecko: CoinGeckoClient | None = None,
+                       latency: LatencyRecorder | None = None) -> WebSocketFeedStats:
     """Stream `settings.symbols` from `settings.binance_ws_url` into Kafka until `stop_event` is set.
 
     REST (clock, gap fills) uses `settings.binance_url`, CoinGecko `settings.coingecko_url`. Waits for
     Kafka at start; on stop, sends the quotes still held by conflation, hands the buffer to Kafka
     and waits up to SHUTDOWN_FLUSH_TIMEOUT_S for acknowledgements (`pending` counts what is left).
     The feed-status document is written every `status_interval_s` and at the end. Runs an event
-    loop in the calling thread (from a notebook: in a worker thread, as `run_producer`).
+    loop in the calling thread (from a notebook: in a worker thread, as `run_producer`). `latency`
+    (optional) keeps more samples than the default recorder (benchmarks).
     """
     stop = stop_event or threading.Event()
     options = options or FeedOptions()
-    stats = WebSocketFeedStats()
+    stats = WebSocketFeedStats(latency=latency or LatencyRecorder())
     with ExitStack() as resources:
         if binance is None:
             binance = BinanceClient(settings.binance_url)
