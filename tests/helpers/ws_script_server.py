@@ -154,13 +154,14 @@ class ScriptedStreamServer:
     """A WebSocket server on 127.0.0.1 running `script` for each connection (see the module docstring).
 
     `refuse(index)` (optional) is asked before each handshake (0-based attempt number): True
-    answers HTTP 503 instead. After the script returns, the connection stays open until the
+    answers HTTP `refuse_status` (503 by default) instead. After the script returns, the connection stays open until the
     client closes it or the server stops.
     """
 
-    def __init__(self, script: Script, refuse: Callable[[int], bool] | None = None) -> None:
+    def __init__(self, script: Script, refuse: Callable[[int], bool] | None = None, refuse_status: int = 503) -> None:
         self.script = script
         self.refuse = refuse
+        self.refuse_status = refuse_status
         self.connections: list[ScriptedConnection] = []
         self.handshakes = 0  # attempts, refused ones included
         self.handshake_times: list[float] = []
@@ -213,8 +214,8 @@ class ScriptedStreamServer:
         self.handshakes += 1
         self.handshake_times.append(time.monotonic())
         if self.refuse is not None and self.refuse(attempt):
-            return Response(http.HTTPStatus.SERVICE_UNAVAILABLE.value, "Service Unavailable", Headers(),
-                            b"try later\n")
+            status = http.HTTPStatus(self.refuse_status)
+            return Response(status.value, status.phrase, Headers(), b"refused\n")
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import pytest
 
+from btcstream.errors import AccessDenied
 from btcstream.ingest.feed_status import read_feed_status
 from btcstream.ingest.gaps import ContinuityTracker
 from btcstream.ingest.sources.binance import parse_agg_trade
@@ -314,3 +315,11 @@ def test_malformed_frames_are_counted_and_skipped_without_a_reconnect():
         connection = run_connection(server, sink, until=lambda connection: len(sink.trades) >= 3)
     assert sink.malformed == Counter({"not_json": 1, "not_a_stream_message": 4})
     assert sink.trades == [1, 2, 3] and sink.downs == [] and connection.counters.attempts == 1
+
+
+@pytest.mark.parametrize("status", [451, 403])
+def test_a_restricted_location_stops_the_connection_with_the_cause(status):
+    with ScriptedStreamServer(lambda conn: asyncio.sleep(0), refuse=lambda attempt: True, refuse_status=status) as server:
+        with pytest.raises(AccessDenied, match=f"HTTP {status}"):
+            run_connection(server, TrackingSink(), until=lambda connection: False, timeout_s=5)
+        assert server.handshakes == 1  # not retried: retrying cannot fix it

@@ -455,7 +455,7 @@ def run_websocket_feed(settings: Settings, stop_event: threading.Event | None = 
         feed = WebSocketFeed(settings, clock, buffer)
         sender = KafkaSender(buffer, publisher, backlog_limit=settings.ws_buffer_size)
         sender.start()
-        runner = _FeedRunner(settings, options, feed, binance, coingecko, publisher, stats.latency)
+        runner = _FeedRunner(settings, options, feed, binance, coingecko, publisher, stats.latency, sender)
         try:
             asyncio.run(runner.run(stop))
         finally:
@@ -469,7 +469,7 @@ def run_websocket_feed(settings: Settings, stop_event: threading.Event | None = 
             stats.document["latency_ms"] = stats.latency.summary()
             write_feed_status(settings, stats.document)
             log.info("producer stopped: %s", stats.summary())
-        if sender.error is not None:
+        if sender.error is not None:  # it failed while finishing (earlier, the runner raised it already)
             raise sender.error
     return stats
 
@@ -478,7 +478,8 @@ class _FeedRunner:
     """The asyncio side of a run: connections, gap filler, clock and CoinGecko polls, status document."""
 
     def __init__(self, settings: Settings, options: FeedOptions, feed: WebSocketFeed, binance: BinanceClient,
-                 coingecko: CoinGeckoClient, publisher: Publisher, latency: LatencyRecorder) -> None:
+                 coingecko: CoinGeckoClient, publisher: Publisher, latency: LatencyRecorder,
+                 sender: KafkaSender) -> None:
         self.settings = settings
         self.options = options
         self.feed = feed
@@ -486,6 +487,7 @@ class _FeedRunner:
         self.coingecko = coingecko
         self.publisher = publisher
         self.latency = latency
+        self.sender = sender
         self.feed.tracker.probe_delay_s = options.probe_delay_s
         limiter = AttemptLimiter(options.attempts_per_window, options.attempt_window_s)
         self.connections = [
@@ -512,6 +514,9 @@ class _FeedRunner:
         failure: BaseException | None = None
         try:
             while not stop_event.is_set():
+                if not self.sender.is_alive():  # it logged why; nothing would reach Kafka any more
+                    failure = self.sender.error or RuntimeError("the Kafka sender thread stopped")
+                    break
                 if not tasks:
                     await asyncio.sleep(STOP_POLL_S)
                     continue

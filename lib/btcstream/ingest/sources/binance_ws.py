@@ -22,6 +22,8 @@ thing a stream connection goes through:
 - Watchdog: no frame and no ping for `stale_after_s` means a half-open socket: it is aborted
   and replaced (reason `stale`).
 - A frame that is not JSON or not a stream envelope is counted through the sink and skipped.
+- A handshake answered 451 or 403 raises `AccessDenied` (restricted location, firewall): retrying
+  cannot fix it, as on REST.
 
 Not for: turning payloads into records, conflation, Kafka (see `btcstream.ingest.ws_feed`).
 """
@@ -40,11 +42,13 @@ from typing import Any, Callable, Iterable, Protocol
 from urllib.parse import urlparse
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.frames import Frame, Opcode
 
+from btcstream.errors import AccessDenied
 from btcstream.ingest.sources.binance import AggTrade, Ticker24h, _as_int, parse_agg_trade
 from btcstream.ingest.sources.fields import as_float, as_utc_from_ms
+from btcstream.ingest.sources.http import ACCESS_DENIED_CAUSES
 
 log = logging.getLogger(__name__)
 
@@ -490,6 +494,10 @@ class StreamConnection:
                                    close_timeout=CLOSE_TIMEOUT_S, max_queue=RECEIVE_QUEUE_FRAMES,
                                    max_size=MAX_FRAME_BYTES, create_connection=_PingAwareConnection)
             except (OSError, InvalidHandshake, TimeoutError, InvalidURI) as error:
+                status = error.response.status_code if isinstance(error, InvalidStatus) else None
+                if status in ACCESS_DENIED_CAUSES:  # 451/403: retrying cannot fix it
+                    parsed = urlparse(self.url)
+                    raise AccessDenied(parsed.netloc, parsed.path, status, ACCESS_DENIED_CAUSES[status]) from None
                 self.counters.failed_attempts += 1
                 delay = self.backoff.next_delay()
                 log.warning("%s: cannot connect to %s (%s); retrying in %.2f s", self.name, _short(self.url),
