@@ -6,7 +6,8 @@ Writes bench/results/ws_feed.md.
 1. The replay exchange runs as a child process (`btcstream exchange`, so its CPU is not the
    producer's), real time (speed 1), 10 symbols (BTCUSDT real, S2USDT..S10USDT derived from it),
    QUOTES_PER_S book updates + TRADES_PER_S aggregate trades per symbol per second, plus one 24 h
-   ticker per symbol per second.
+   ticker per symbol per second: 2,010 messages/s. A second, shorter phase streams STRESS_RATES
+   (about 5,000 messages/s, 3,000 of them trades) to see where the feed's ceiling is on this machine.
 2. `run_websocket_feed` runs in this process with the project's defaults (10 quotes/s per symbol,
    buffer 10,000, acks=all idempotent Kafka producer) into fresh topics for `--seconds`.
 3. Then the exchange's clock is slowed to a standstill (nothing new happens), the feed is given a
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 import logging
 import os
 import platform
@@ -61,6 +63,8 @@ log = logging.getLogger("bench_ws_feed")
 SYMBOL_COUNT = 10
 QUOTES_PER_S = 120  # per symbol: 1,200 book updates/s in all
 TRADES_PER_S = 80  # per symbol: 800 trades/s in all (+ 10 tickers/s: 2,010 messages/s)
+STRESS_QUOTES_PER_S, STRESS_TRADES_PER_S = 200, 300  # per symbol: 5,010 messages/s
+STRESS_SECONDS = 30.0
 CATCH_UP_S = 5.0
 PERF_TOOL_RECORDS = 200_000
 LATENCY_KEPT = 2_000_000
@@ -117,51 +121,82 @@ def kafka_perf_tool(settings: Settings, record_size: int) -> tuple[float, str] |
     return rate, summary[-1].strip()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=120.0, help="how long the exchange streams (default 120)")
-    parser.add_argument("--no-perf-tool", action="store_true", help="skip Kafka's ProducerPerformance")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("kafka").setLevel(logging.ERROR)
-    logging.getLogger("websockets").setLevel(logging.WARNING)
+@dataclass
+class Phase:
+    """What one phase measured."""
 
-    work = Path(f"/tmp/bench-ws-feed-{uuid.uuid4().hex[:6]}")
-    work.mkdir(parents=True)
-    history = symbol_histories(work, SYMBOL_COUNT)
+    quotes_per_s: int
+    trades_per_s: int
+    seconds: float
+    document: dict
+    messages: int  # frames received in the whole phase
+    seen: dict[str, int]  # per exchange stream kind: received + duplicates
+    frames_lost: dict[str, int]
+    window_messages: int
+    streamed_s: float
+    window_s: float
+    cpu_s: float
+    lost_trades: int
+    duplicate_trades: int
+    trades: int
+    ticks: int
+    holds_ms: list[float]
+    quote_latency_ms: list[float]
+    trade_latency_ms: list[float]
+    record_size: int
+    load: tuple[float, float]
+
+    @property
+    def rate(self) -> float:
+        return self.window_messages / self.streamed_s
+
+    @property
+    def cpu_ms_per_1000(self) -> float:
+        return self.cpu_s / (self.window_messages / 1000) * 1000
+
+    @property
+    def kafka_records_per_s(self) -> float:
+        return (self.trades + self.ticks) * self.window_messages / self.messages / self.streamed_s
+
+    @property
+    def lost(self) -> int:
+        return self.lost_trades + sum(max(0, v) for v in self.frames_lost.values())
+
+
+def run_phase(history: dict[str, Path], work: Path, quotes_per_s: int, trades_per_s: int, seconds: float) -> Phase:
+    """Stream from a fresh exchange into fresh topics for `seconds`, stop the market, catch up, measure."""
     topic = f"bench-ws-{uuid.uuid4().hex[:6]}"
     base = load_settings().replace(symbols=tuple(history), topic=topic, trades_topic=f"{topic}-trades",
                                    state_dir=work / "state")
-    extra = ["--ws-quotes-per-second", str(QUOTES_PER_S), "--ws-trades-per-second", str(TRADES_PER_S)]
+    extra = ["--ws-quotes-per-second", str(quotes_per_s), "--ws-trades-per-second", str(trades_per_s)]
     with spawn_exchange(history, speed=1.0, extra_args=extra) as exchange:
         settings = exchange.settings_for(base)
         stop = threading.Event()
         outcome: list = []
         worker = threading.Thread(target=lambda: outcome.append(run_websocket_feed(
             settings, stop, latency=LatencyRecorder(kept=LATENCY_KEPT))))
-        log.info("streaming %d symbols at %d quotes + %d trades per symbol per second for %.0f s...", SYMBOL_COUNT,
-                 QUOTES_PER_S, TRADES_PER_S, args.seconds)
-        load_before = os.getloadavg()
+        log.info("streaming %d symbols at %d quotes + %d trades per symbol per second for %.0f s...", len(history),
+                 quotes_per_s, trades_per_s, seconds)
+        load_before = os.getloadavg()[0]
         worker.start()
         baseline = None
         while baseline is None or total_messages(baseline) == 0:  # connected and streaming
             time.sleep(0.1)
             baseline = read_feed_status(settings)
         cpu_start, wall_start = time.process_time(), time.monotonic()
-        time.sleep(args.seconds)
+        time.sleep(seconds)
         requests.post(f"{exchange.binance_url}/_control/clock", json={"speed": 1e-6}, timeout=10)
         streamed_s = time.time() - datetime.fromisoformat(baseline["written_at"]).timestamp()
         time.sleep(CATCH_UP_S)
         cpu_s = time.process_time() - cpu_start
         window_s = time.monotonic() - wall_start
-        load_during = os.getloadavg()
+        load_end = os.getloadavg()[0]
         stop.set()
         worker.join(300)
         state = exchange_state(exchange.binance_url)["ws"]
     stats = outcome[0]
     document = stats.document
     counts = document["counts"]
-    window_messages = total_messages(document) - total_messages(baseline)
 
     log.info("reading the topics back...")
     trades = [Trade.from_json(r.value) for r in read_topic(settings, settings.trades_topic)]
@@ -178,72 +213,102 @@ def main() -> None:
     seen = {"bookTicker": counts["received"]["quote"] + counts["duplicates"].get("quote", 0),
             "aggTrade": counts["received"]["trade"] + counts["duplicates"].get("trade", 0),
             "ticker": counts["received"]["ticker"] + counts["duplicates"].get("ticker", 0)}
-    frames_lost = {kind: sent_by_exchange[kind] - seen[kind] for kind in seen}
-    messages = sum(seen.values()) + sum(counts["malformed"].values())
-    rate = window_messages / streamed_s  # what arrived after the first status document, until the market stopped
     holds = [(datetime.fromisoformat(t.timestamp) - datetime.fromisoformat(t.received_at)).total_seconds() * 1000
              for t in ticks]
-    quote_latency, trade_latency = stats.latency.samples("quote"), stats.latency.samples("trade")
-    record_size = round(statistics.mean(len(t.to_json()) for t in trades[:1000]))
-    kafka_records_per_s = (len(trades) + len(ticks)) * window_messages / messages / streamed_s
-    perf = None if args.no_perf_tool else kafka_perf_tool(settings, record_size)
+    return Phase(quotes_per_s, trades_per_s, seconds, document, sum(seen.values()) + sum(counts["malformed"].values()),
+                 seen, {kind: sent_by_exchange[kind] - seen[kind] for kind in seen},
+                 total_messages(document) - total_messages(baseline), streamed_s, window_s, cpu_s, lost_trades,
+                 duplicate_trades, len(trades), len(ticks), holds, stats.latency.samples("quote"),
+                 stats.latency.samples("trade"), round(statistics.mean(len(t.to_json()) for t in trades[:1000])),
+                 (load_before, load_end))
 
-    perf_rows = ""
+
+def phase_report(title: str, phase: Phase) -> str:
+    counts = phase.document["counts"]
+    kafka = phase.document["kafka"]
+    lost = phase.frames_lost
+    rows = [("quotes: frame received -> acknowledged (incl. the wait for their conflation slot)", phase.quote_latency_ms),
+            ("quotes: the conflation wait alone (built - received)", phase.holds_ms),
+            ("trades (never held): frame received -> acknowledged", phase.trade_latency_ms)]
+    latency = "\n".join(f"| {name} | {len(values):,} | {percentile(values, 0.5):.1f} | {percentile(values, 0.99):.1f} | "
+                        f"{max(values, default=float('nan')):.1f} |" for name, values in rows)
+    return f"""## {title}
+
+{SYMBOL_COUNT} symbols x ({phase.quotes_per_s} book updates + {phase.trades_per_s} trades + 1 ticker) per second for
+{phase.seconds:g} s (load average {phase.load[0]:.1f} at the start, {phase.load[1]:.1f} at the end).
+
+| | |
+|---|---:|
+| frames received (whole phase) | {phase.messages:,} (book {phase.seen["bookTicker"]:,}, trades {phase.seen["aggTrade"]:,}, tickers {phase.seen["ticker"]:,}) |
+| message rate received | **{phase.rate:,.0f}/s** ({phase.window_messages:,} frames in {phase.streamed_s:.1f} s) |
+| frames the exchange sent that the feed did not receive (book / trade / ticker) | {lost["bookTicker"]} / {lost["aggTrade"]} / {lost["ticker"]} |
+| emitted trade ids missing from the trades topic / there more than once | {phase.lost_trades} / {phase.duplicate_trades} |
+| **messages lost** | **{phase.lost}** |
+| quotes sent / conflated / overflowed | {counts["sent"]["quote"]:,} / {counts["conflated"]:,} / {counts["overflowed"]["quote"]} |
+| trades sent from the stream / from REST / overflowed | {counts["sent"]["trade"]:,} / {counts["sent"]["trade_rest"]} / {counts["overflowed"]["trade"]} |
+| malformed / duplicates / reconnects / gaps | {sum(counts["malformed"].values())} / {sum(counts["duplicates"].values())} / {phase.document["connections"]["reconnects"] or 0} / {phase.document["gaps"]["total"] or 0} |
+| Kafka acknowledged / failed / pending | {kafka["acknowledged"]:,} / {kafka["failed"]} / {kafka["pending"]} |
+| records into Kafka | {phase.kafka_records_per_s:,.0f}/s |
+| producer CPU | {phase.cpu_s:.1f} s in {phase.window_s:.1f} s: **{phase.cpu_ms_per_1000:.0f} ms per 1,000 messages** ({phase.cpu_s / phase.window_s * 100:.0f} % of one core) |
+
+Added latency inside the producer:
+
+| records | n | p50 ms | p99 ms | max ms |
+|---|---:|---:|---:|---:|
+{latency}
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=120.0, help="how long the nominal phase streams (default 120)")
+    parser.add_argument("--stress-seconds", type=float, default=STRESS_SECONDS, help="the stress phase (0: skip it)")
+    parser.add_argument("--no-perf-tool", action="store_true", help="skip Kafka's ProducerPerformance")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.ERROR)
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+    logging.getLogger("btcstream.ingest.ws_feed").setLevel(logging.ERROR)  # 9 "no CoinGecko id" lines per phase
+
+    work = Path(f"/tmp/bench-ws-feed-{uuid.uuid4().hex[:6]}")
+    work.mkdir(parents=True)
+    history = symbol_histories(work, SYMBOL_COUNT)
+    nominal = run_phase(history, work, QUOTES_PER_S, TRADES_PER_S, args.seconds)
+    stress = run_phase(history, work, STRESS_QUOTES_PER_S, STRESS_TRADES_PER_S, args.stress_seconds) \
+        if args.stress_seconds > 0 else None
+    settings = load_settings()
+    perf = None if args.no_perf_tool else kafka_perf_tool(settings, nominal.record_size)
+
+    comparison = [("btcstream WebSocket feed, nominal phase (conflated quotes + every trade; the input's rate)",
+                   nominal.kafka_records_per_s)]
+    if stress is not None:
+        comparison.append(("btcstream WebSocket feed, stress phase", stress.kafka_records_per_s))
     if perf is not None:
-        perf_rows = (f"| `org.apache.kafka.tools.ProducerPerformance`, {PERF_TOOL_RECORDS:,} records of {record_size} B, "
-                     f"as fast as it can | {perf[0]:,.0f} | 1 |\n")
-    ratio = f"{kafka_records_per_s / perf[0]:.3f}" if perf else "-"
+        comparison.append((f"`org.apache.kafka.tools.ProducerPerformance`, {PERF_TOOL_RECORDS:,} records of "
+                           f"{nominal.record_size} B, as fast as it can", perf[0]))
+    table = "\n".join(f"| {name} | {rate:,.0f} | {rate / perf[0]:.3f} |" if perf else f"| {name} | {rate:,.0f} | - |"
+                      for name, rate in comparison)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(f"""# WebSocket feed benchmark
 
 Run {datetime.now(timezone.utc).isoformat(timespec="seconds")} on {platform.node()} ({platform.machine()},
-{os.cpu_count()} cores shared with other work; load average {load_before[0]:.1f} before, {load_during[0]:.1f} at the
-end), local single-node broker on {settings.kafka_bootstrap}, one run of `bench/bench_ws_feed.py --seconds
-{args.seconds:g}`. The replay exchange ran in a child process at real-time speed: {SYMBOL_COUNT} symbols x
-({QUOTES_PER_S} book updates + {TRADES_PER_S} trades + 1 ticker) per second. The feed used the defaults:
-{settings.ws_max_quotes_hz:g} quotes/s per symbol, a buffer of {settings.ws_buffer_size:,} records, acks=all idempotent producer.
+{os.cpu_count()} cores shared with other work), local single-node broker on {settings.kafka_bootstrap}, one run of
+`bench/bench_ws_feed.py --seconds {args.seconds:g} --stress-seconds {args.stress_seconds:g}`. The replay exchange
+runs in a child process at real-time speed with {SYMBOL_COUNT} symbols; at the end of a phase its clock is slowed to a
+standstill and the feed gets {CATCH_UP_S:g} s to catch up before it stops and flushes. The feed uses the defaults:
+{settings.ws_max_quotes_hz:g} quotes/s per symbol, a buffer of {settings.ws_buffer_size:,} records, an idempotent
+acks=all producer (linger 5 ms). "Lost" compares what the exchange says it sent and emitted (`/_control/state`) with
+what the feed received and what the topics hold. CPU is the producer process's (all its threads).
 
-## Messages
-
-| | count |
-|---|---:|
-| frames received in the whole run | {messages:,} |
-| of which book updates / trades / tickers | {seen["bookTicker"]:,} / {seen["aggTrade"]:,} / {seen["ticker"]:,} |
-| message rate received ({window_messages:,} frames in the {streamed_s:.1f} s measured) | {rate:,.0f}/s |
-| frames the exchange sent but the feed did not receive (book / trade / ticker) | {frames_lost["bookTicker"]} / {frames_lost["aggTrade"]} / {frames_lost["ticker"]} |
-| trade ids the exchange emitted missing from the trades topic | {lost_trades} |
-| trade ids in the topic more than once | {duplicate_trades} |
-| quotes sent / conflated / overflowed | {counts["sent"]["quote"]:,} / {counts["conflated"]:,} / {counts["overflowed"]["quote"]} |
-| trades sent from the stream / from REST / overflowed | {counts["sent"]["trade"]:,} / {counts["sent"]["trade_rest"]} / {counts["overflowed"]["trade"]} |
-| malformed, reconnects, gaps | {sum(counts["malformed"].values())}, {document["connections"]["reconnects"] or 0}, {document["gaps"]["total"] or 0} |
-| Kafka acknowledged / failed / pending | {document["kafka"]["acknowledged"]:,} / {document["kafka"]["failed"]} / {document["kafka"]["pending"]} |
-
-Messages lost: **{lost_trades + sum(max(0, v) for v in frames_lost.values())}**.
-
-## Producer CPU
-
-{cpu_s:.1f} s of CPU time of the producer process for {window_messages:,} messages in {window_s:.1f} s of wall time
-(the measured window, then {CATCH_UP_S:g} s of catching up and flushing):
-**{cpu_s / (window_messages / 1000) * 1000:.1f} ms of CPU per 1,000 messages** ({cpu_s / window_s * 100:.0f} % of one core).
-
+{phase_report(f"Nominal: {nominal.rate:,.0f} messages/s for {args.seconds:g} s", nominal)}
+{phase_report(f"Stress: {stress.rate:,.0f} messages/s for {args.stress_seconds:g} s", stress) if stress else ""}
 ## Throughput into Kafka
 
 | producer | records/s | ratio to Kafka's tool |
 |---|---:|---:|
-| btcstream WebSocket feed (conflated quotes + every trade; bound by the input rate) | {kafka_records_per_s:,.0f} | {ratio} |
-{perf_rows}
+{table}
+
 {f"Kafka tool: `{perf[1]}`" if perf else "Kafka's ProducerPerformance was not run."}
-
-## Added latency inside the producer (frame received -> Kafka acknowledged)
-
-| records | n | p50 ms | p99 ms | max ms |
-|---|---:|---:|---:|---:|
-| trades (never held) | {len(trade_latency):,} | {percentile(trade_latency, 0.5):.1f} | {percentile(trade_latency, 0.99):.1f} | {max(trade_latency, default=float("nan")):.1f} |
-| quotes (incl. the wait for their conflation slot) | {len(quote_latency):,} | {percentile(quote_latency, 0.5):.1f} | {percentile(quote_latency, 0.99):.1f} | {max(quote_latency, default=float("nan")):.1f} |
-| quotes: the conflation wait alone (build time - receive time) | {len(holds):,} | {percentile(holds, 0.5):.1f} | {percentile(holds, 0.99):.1f} | {max(holds, default=float("nan")):.1f} |
-
-Every record of the run is in the latency figures (the recorder kept up to {LATENCY_KEPT:,} per kind).
-Final feed-status document: `{json.dumps(document["connections"])}`.
 """)
     log.info("wrote %s", RESULTS)
     print(RESULTS.read_text())
