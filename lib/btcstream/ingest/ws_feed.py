@@ -64,6 +64,7 @@ STATUS_INTERVAL_S = 2.0  # local seconds between feed-status documents
 STATS_LOG_INTERVAL_S = 30.0
 CLOCK_RESYNC_S = 60.0  # local seconds between exchange-clock syncs on this feed
 COINGECKO_MIN_WALL_S = 1.0  # a fast replay still polls CoinGecko at most once a wall second
+COINGECKO_LOG_INTERVAL_S = 60.0
 SHUTDOWN_FLUSH_TIMEOUT_S = 60.0
 OVERFLOW_LOG_INTERVAL_S = 10.0
 STOP_POLL_S = 0.1
@@ -551,12 +552,17 @@ class _FeedRunner:
         for symbol, coin_id in self.feed.coin_ids.items():
             if coin_id is None:
                 log.warning("no CoinGecko id known for %s: its market cap fields stay null", symbol)
+        logged_at: dict[str, float] = {}  # a fast replay polls every second: one line per kind of failure a minute
         while True:
             try:
                 self.feed.markets.update(await asyncio.to_thread(self.coingecko.markets, ids))
             except (RateLimited, SourceUnavailable, BadResponse) as error:
                 self.feed.counters.coingecko_errors += 1
-                log.warning("CoinGecko unavailable, reusing its last good answer: %s", error)
+                kind = type(error).__name__
+                if time.monotonic() - logged_at.get(kind, -COINGECKO_LOG_INTERVAL_S) >= COINGECKO_LOG_INTERVAL_S:
+                    logged_at[kind] = time.monotonic()
+                    log.warning("CoinGecko unavailable, reusing its last good answer (%d failures so far): %s",
+                                self.feed.counters.coingecko_errors, error)
             interval = max(self.options.coingecko_min_wall_s,
                            self.settings.coingecko_min_interval_s / max(self.feed.clock.rate, 1e-9))
             if await _stopped_within(stop, interval):
