@@ -86,11 +86,11 @@ def test_hourly_notebook_draws_stored_metrics(tmp_path: Path) -> None:
 
     assert errors(run.executed) == []
     shown = figures(run.executed)
-    assert len(shown) == 4
+    assert len(shown) == 5
     stored = read_hourly_metrics(Settings(storage_root=root))
     assert len(stored) == len(written)  # the file no commit names is not among them
     assert_spread_volatility_figure_matches(shown[0], stored)
-    assert_offline_html(run.html, figure_count=4)
+    assert_offline_html(run.html, figure_count=5)
     assert "BTCUSDT" in run.html.read_text() and (tmp_path / "out/index.html").exists()
 
 
@@ -162,7 +162,7 @@ def text_outputs(executed: Path) -> str:
 @pytest.mark.integration
 def test_notebooks_run_the_pipeline_and_chart_what_it_stored(test_settings: Settings, tmp_path: Path) -> None:
     from btcstream.workbench.report import PIPELINE_NOTEBOOK, STREAMING_NOTEBOOK
-    from btcstream.storage.readers import read_raw_ticks
+    from btcstream.storage.readers import read_raw_ticks, read_trades
 
     common = {"storage_root": test_settings.storage_root, "topic": test_settings.topic, "spark_master": "local[2]"}
     runs = build_report({
@@ -183,9 +183,13 @@ def test_notebooks_run_the_pipeline_and_chart_what_it_stored(test_settings: Sett
 
     # 01: every tick the producer sent is in raw_data exactly once; hours were closed and stored.
     raw = read_raw_ticks(test_settings, engine="pyarrow")
-    sent = int(re.findall(r"polls=\d+ sent=(\d+)", text_outputs(pipeline_run.executed))[-1])  # the final count
-    assert sent > 100 and len(raw) == sent
-    assert not raw.duplicated(["symbol", "event_time"]).any()
+    # The demo streams the replay exchange's WebSocket feed: quotes (book updates) and aggregate trades.
+    summary = re.findall(r"sent quotes=(\d+) trades=(\d+)\+(\d+) from REST", text_outputs(pipeline_run.executed))[-1]
+    sent, trades_sent = int(summary[0]), int(summary[1]) + int(summary[2])
+    assert sent > 100 and len(raw) == sent and (raw["feed"] == "websocket").all()
+    assert not raw.duplicated(["symbol", "update_id"]).any()
+    trades = read_trades(test_settings, engine="pyarrow")
+    assert trades_sent > 10 and len(trades) == trades_sent and not trades.duplicated(["symbol", "trade_id"]).any()
     assert raw["event_time"].min() >= pd.Timestamp("2021-05-19", tz="UTC")  # the replay of that day
     assert "btcstream_ingest" in text_outputs(pipeline_run.executed)  # the progress table was shown
     hourly = read_hourly_metrics(test_settings, engine="pyarrow")
@@ -201,7 +205,13 @@ def test_notebooks_run_the_pipeline_and_chart_what_it_stored(test_settings: Sett
 
     # 03: the charts hold exactly the stored hourly_metrics, read here over WebHDFS.
     shown = figures(hourly_run.executed)
-    assert len(shown) == 4
+    assert len(shown) == 5
+    # The trade columns: per hour as many trades as the trades table holds, shown in the trades chart.
+    per_hour = trades.groupby(trades["trade_time"].dt.floor("h")).size()
+    stored_counts = hourly.set_index("window_start")["trade_count"]
+    assert (stored_counts.reindex(per_hour.index) == per_hour).all() and per_hour.sum() == len(trades)
+    counts = next(t for t in shown[3]["data"] if t["name"] == "BTCUSDT" and t.get("yaxis", "y") == "y")
+    np.testing.assert_array_equal(plots.trace_values(counts["y"]), hourly.sort_values("window_start")["trade_count"])
     # Hours whose end + allowed lateness is not behind the newest stored tick are still in progress:
     # stored as live rows (the newest hour at least), shown as provisional.
     clock = raw["event_time"].max() - test_settings.allowed_lateness_span

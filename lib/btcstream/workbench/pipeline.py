@@ -29,13 +29,15 @@ if TYPE_CHECKING:  # pyspark loads when the pipeline starts, not when this modul
 
     from btcstream.exchange import ExchangeServer
     from btcstream.ingest.producer import ProducerStats
+    from btcstream.ingest.ws_feed import WebSocketFeedStats
 
 log = logging.getLogger(__name__)
 
 PRODUCER_JOIN_TIMEOUT_S = 60.0
+REPLAY_QUOTES_PER_SECOND = 30.0  # book updates per symbol per wall second the replay exchange streams
 PROGRESS_COLUMNS = ("query", "running_s", "batch", "input_rows", "input_rows_per_s", "processed_rows_per_s",
-                    "batch_ms", "inserted_rows", "late_rows", "quarantined_rows", "active")
-PROGRESS_TOTALS = ("inserted_rows", "late_rows", "quarantined_rows")  # since the query's checkpoint began
+                    "batch_ms", "inserted_rows", "trades_inserted", "late_rows", "quarantined_rows", "active")
+PROGRESS_TOTALS = ("inserted_rows", "trades_inserted", "late_rows", "quarantined_rows")  # since the checkpoint began
 
 
 @dataclass
@@ -77,7 +79,7 @@ class Pipeline:
             table[counter] = table[counter].astype("Int64")  # a query without a batch yet shows <NA>
         return table
 
-    def producer_stats(self) -> ProducerStats | None:
+    def producer_stats(self) -> ProducerStats | WebSocketFeedStats | None:
         """The producer's counts once it has stopped (None while it runs)."""
         return self._producer_result.get("stats")
 
@@ -158,7 +160,8 @@ def start_pipeline(settings: Settings, source: str = "replay", *, replay_speed: 
 
     if source == "replay" and replay_start is None:
         replay_start = _resume_point(settings)
-    ensure_topic(settings)  # Spark's Kafka source fails on a topic that does not exist yet
+    for topic in (settings.topic, settings.trades_topic):
+        ensure_topic(settings, topic)  # Spark's Kafka source fails on a topic that does not exist yet
     # The JVM's console output goes to a log file, not into a notebook's (or the demo's) output.
     spark = spark_session(settings, "btcstream-pipeline", jvm_log=jvm_log_file(settings, "btcstream-pipeline"))
     queries = start_queries(spark, settings, trigger_interval_s=trigger_interval_s)
@@ -168,11 +171,16 @@ def start_pipeline(settings: Settings, source: str = "replay", *, replay_speed: 
         from btcstream.exchange import start_exchange
 
         try:
-            exchange = start_exchange(speed=replay_speed, start=replay_start)
+            exchange = start_exchange(speed=replay_speed, start=replay_start,
+                                      ws_quotes_per_second=REPLAY_QUOTES_PER_SECOND)
         except Exception:
             stop_queries(queries)
             raise
         settings = exchange.settings_for(settings)
+        # A replay compresses time: at 1800x, the live limit of 10 quotes per second would be one
+        # quote per 3 simulated minutes. The replay streams REPLAY_QUOTES_PER_SECOND per symbol
+        # (at 1800x about one per simulated minute, as the REST feed's poll) and lets them all through.
+        settings = settings.replace(ws_max_quotes_hz=max(settings.ws_max_quotes_hz, REPLAY_QUOTES_PER_SECOND))
     pipeline = Pipeline(settings=settings, spark=spark, queries=queries, source=source,
                         started_stack=started_stack, exchange=exchange)
     pipeline._producer = threading.Thread(target=_produce, args=(pipeline,), name="btcstream-producer", daemon=True)
@@ -184,10 +192,10 @@ def start_pipeline(settings: Settings, source: str = "replay", *, replay_speed: 
 
 def _produce(pipeline: Pipeline) -> None:
     """The producer thread: runs until the pipeline's stop event; keeps its stats or its error."""
-    from btcstream.ingest.producer import run_producer
+    from btcstream.ingest.producer import run_feed
 
     try:
-        pipeline._producer_result["stats"] = run_producer(pipeline.settings, stop_event=pipeline._stop_producer)
+        pipeline._producer_result["stats"] = run_feed(pipeline.settings, stop_event=pipeline._stop_producer)
     except Exception as error:  # reported by Pipeline.check() in the caller's thread
         log.exception("producer failed")
         pipeline._producer_result["error"] = error

@@ -77,6 +77,22 @@ def liquidity_volume(hourly: pd.DataFrame) -> go.Figure:
     return _finish(figure, rows=2)
 
 
+def trade_activity(hourly: pd.DataFrame) -> go.Figure:
+    """Per hour: trades (count), VWAP minus the mean mid (quote currency), and the trade imbalance
+    (buy - sell) / (buy + sell) of taker volume, in [-1, 1]. Hours without trades (the REST feed) show no point."""
+    _require(hourly, ("trade_count", "vwap", "avg_price", "trade_imbalance"))
+    frame = hourly.assign(vwap_minus_mid=hourly["vwap"] - hourly["avg_price"],
+                          trades=hourly["trade_count"].where(hourly["trade_count"] > 0))
+    panels = (("trades", "trades per hour", None), ("vwap_minus_mid", "VWAP - mean mid (quote ccy)", None),
+              ("trade_imbalance", "taker buy/sell imbalance", ".0%"))
+    figure = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06,
+                           subplot_titles=("Aggregate trades per hour", "Volume-weighted price against the mean mid",
+                                           "Trade imbalance: (buy - sell) / (buy + sell) volume"))
+    _time_lines(figure, frame, panels)
+    figure.update_layout(title="Trades per hour", height=760)
+    return _finish(figure, rows=3)
+
+
 def spread_vs_volatility(hourly: pd.DataFrame) -> go.Figure:
     """One point per (symbol, hour): realized volatility against mean spread in bps."""
     _require(hourly, ("avg_spread_bps", "realized_volatility"))
