@@ -404,3 +404,12 @@ def test_every_trade_id_the_replay_exchange_sent_reaches_kafka_exactly_once(test
     assert all(gap["filled"] for gap in gaps["recent"] if gap["kind"] != "downtime")
     assert all(gap["duration_s"] is not None for gap in gaps["recent"] if gap["kind"] == "downtime")
     assert sum(jumps["ids_skipped"] for jumps in document["update_id_jumps"].values()) >= 7
+
+
+def test_run_feed_dispatches_on_the_feed_and_refuses_polls_for_the_stream():
+    from btcstream.ingest.producer import run_feed
+
+    with pytest.raises(ValueError, match="rest feed only"):
+        run_feed(Settings(), feed="websocket", max_polls=3)
+    with pytest.raises(ValueError, match="feed must be one of"):
+        run_feed(Settings(), feed="fix")
