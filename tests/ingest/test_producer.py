@@ -27,7 +27,7 @@ from btcstream.settings import Settings
 from btcstream.ingest.sources.binance import BinanceClient
 from btcstream.ingest.sources.coingecko import CoinGeckoClient
 from btcstream.ingest.sources.http import HostCooldowns, JsonHttpClient
-from btcstream.ingest.tick import FIELD_NAMES, Tick
+from btcstream.ingest.tick import FIELD_NAMES, SCHEMA_VERSION, Tick
 from helpers.replay_exchange import two_symbol_exchange
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
@@ -220,7 +220,8 @@ def test_n_polls_from_the_replay_exchange_give_exactly_n_records_per_symbol(test
         assert abs((events[-1] - events[0]).total_seconds() - 60.0 * (polls - 1)) <= 60.0
         assert all(later > earlier for earlier, later in zip(events, events[1:]))
         for tick, event in zip(series, events):
-            assert set(Tick.from_json(tick.to_json()).__dict__) == set(FIELD_NAMES) and tick.schema_version == 1
+            assert set(Tick.from_json(tick.to_json()).__dict__) == set(FIELD_NAMES) and tick.schema_version == SCHEMA_VERSION
+            assert tick.feed == "rest" and tick.update_id is None
             assert event.tzinfo is not None and started <= datetime.fromisoformat(tick.timestamp) <= datetime.now(timezone.utc)
             # the bid/ask the exchange showed within +-60 simulated seconds (0.1 s of wall time) of event_time
             event_ms = int(event.timestamp() * 1000)
@@ -259,7 +260,8 @@ def test_a_broker_restart_mid_run_loses_nothing_and_duplicates_nothing(test_sett
 
 @pytest.mark.integration
 def test_sigterm_stops_the_cli_producer_after_a_flush(test_settings):
-    env = {**os.environ, "BTCSTREAM_TOPIC": test_settings.topic, "BTCSTREAM_TRADES_TOPIC": test_settings.trades_topic, "BTCSTREAM_KAFKA_BOOTSTRAP": test_settings.kafka_bootstrap,
+    env = {**os.environ, "BTCSTREAM_TOPIC": test_settings.topic, "BTCSTREAM_TRADES_TOPIC": test_settings.trades_topic,
+           "BTCSTREAM_FEED": "rest", "BTCSTREAM_KAFKA_BOOTSTRAP": test_settings.kafka_bootstrap,
            "BTCSTREAM_SYMBOLS": "BTCUSDT", "BTCSTREAM_BINANCE_URL": "", "BTCSTREAM_COINGECKO_URL": ""}
     child = subprocess.Popen([sys.executable, "-m", "btcstream", "produce", "--source", "replay", "--speed", "3600"],
                              env=env, stderr=subprocess.PIPE, text=True)
