@@ -9,16 +9,12 @@ compares with an independent pandas computation.
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import signal
 import subprocess
 import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -26,20 +22,18 @@ import pytest
 from deltalake import DeltaTable
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import KafkaError
 
 from btcstream.ingest import tick
 from btcstream.clients.kafka import kafka_python_options
 from btcstream.settings import Settings
 from btcstream.names import HOURLY_COLUMNS
-from btcstream.storage import checkpoints
 from btcstream.storage.filesystem import storage_filesystem, storage_path
 from btcstream.streaming.progress import read_progress
 from helpers.hourly import assert_hourly_equal, independent_hourly
+from helpers.stream_job import INGEST, REPO, StreamJob, drained, read_table
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]  # the stream subprocess runs from the repository
 DAY = datetime(2025, 2, 14, tzinfo=timezone.utc)
 SYMBOLS = {"BTCUSDT": 97_000.0, "ETHUSDT": 2_700.0}
 MALFORMED = [
@@ -53,8 +47,6 @@ MALFORMED = [
     b'{"schema_version":1,"symbol":"ETHUSDT","event_time":"2025-02-14T10:00:04+00:00","bid_price":NaN,"ask_price":1}',
     b"\xff\xfe",  # not UTF-8: once made the whole quarantine unreadable
 ]
-INGEST = "ingest"  # the checkpoint folder of the job's one query
-STARTUP_TIMEOUT_S = 240.0
 
 
 def make_tick(symbol: str, moment: datetime, mid: float, rng: random.Random) -> tick.Tick:
@@ -97,89 +89,6 @@ def produce(settings: Settings, records: list[tick.Tick | bytes]) -> None:
         producer.flush(timeout=30)
     finally:
         producer.close()
-
-
-class StreamJob:
-    """`python -m btcstream stream` in its own process group (so kill -9 takes the JVM too)."""
-
-    def __init__(self, settings: Settings, log_file: Path) -> None:
-        self.settings = settings
-        self.log_file = log_file
-        self.process: subprocess.Popen | None = None
-
-    def env(self) -> dict[str, str]:
-        s = self.settings
-        values = {"KAFKA_BOOTSTRAP": s.kafka_bootstrap, "TOPIC": s.topic, "TRADES_TOPIC": s.trades_topic, "STORAGE_ROOT": s.storage_root,
-                  "SPARK_MASTER": s.spark_master, "TRIGGER_INTERVAL_S": str(s.trigger_interval_s),
-                  "ALLOWED_LATENESS": s.allowed_lateness, "MAX_OFFSETS_PER_TRIGGER": str(s.max_offsets_per_trigger),
-                  "WEBHDFS_PORT": str(s.webhdfs_port), "CACHE_DIR": str(s.cache_dir), "STATE_DIR": str(s.state_dir)}
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BTCSTREAM_")}
-        env.update({f"BTCSTREAM_{key}": value for key, value in values.items()})
-        return env
-
-    def start(self) -> None:
-        with open(self.log_file, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "btcstream", "stream"], env=self.env(),
-                                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def kill9(self) -> None:
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=30)
-
-    def stop(self, timeout: float = 120.0) -> int:
-        """SIGTERM, wait for a clean exit, return the exit code (kill -9 as a last resort)."""
-        if not self.alive():
-            return self.process.returncode if self.process else 0
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            raise
-
-    def log_tail(self) -> str:
-        return self.log_file.read_text(errors="replace")[-4000:] if self.log_file.exists() else ""
-
-    def wait_until(self, condition: Callable[[], bool], what: str, timeout: float = STARTUP_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.alive():
-                raise AssertionError(f"the stream job exited while waiting for {what}:\n{self.log_tail()}")
-            try:
-                if condition():
-                    return
-            except (FileNotFoundError, json.JSONDecodeError, IndexError, KafkaError):
-                pass  # checkpoint or progress file being written, or the shared broker restarting
-            time.sleep(1.0)
-        raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}:\n{self.log_tail()}")
-
-
-def drained(settings: Settings, checkpoint: str = INGEST) -> Callable[[], bool]:
-    """True once the checkpoint's last committed batch reached the end of every topic partition."""
-    def check() -> bool:
-        from kafka import KafkaConsumer, TopicPartition
-
-        consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, **kafka_python_options(settings))
-        try:
-            parts = consumer.partitions_for_topic(settings.topic) or set()
-            ends = consumer.end_offsets([TopicPartition(settings.topic, p) for p in parts])
-        finally:
-            consumer.close()
-        committed = checkpoints.committed_kafka_offsets(settings, checkpoint) or {}
-        return all(committed.get(tp.partition, 0) >= end for tp, end in ends.items())
-    return check
-
-
-def read_table(settings: Settings, dataset: str, version: int | None = None) -> pd.DataFrame:
-    """Every row of a Delta table as it is now (or at `version`), read by delta-rs over HDFS."""
-    url = settings.storage_url(dataset)
-    if not DeltaTable.is_deltatable(url):
-        return pd.DataFrame()
-    return DeltaTable(url, version=version).to_pyarrow_table().to_pandas()
 
 
 def hourly_rows(settings: Settings) -> int:
