@@ -30,7 +30,7 @@ import time
 from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Iterator
 
 from btcstream.ingest.clock import ExchangeClock
@@ -40,6 +40,7 @@ from btcstream.settings import Settings
 from btcstream.symbols import coin_id_for_symbol
 from btcstream.ingest.sources.binance import BinanceClient, BookTicker, Ticker24h
 from btcstream.ingest.sources.coingecko import CoinGeckoClient, CoinMarket
+from btcstream.ingest.quote_ticks import quote_tick
 from btcstream.ingest.tick import Tick, iso_utc
 from btcstream.ingest.ws_feed import WebSocketFeedStats, run_websocket_feed
 from btcstream.settings import FEEDS
@@ -171,19 +172,7 @@ class MarketPoller:
             self.stats.incomplete["coingecko_missing"] += 1
         if any(value is None for value in (book.bid_price, book.ask_price, book.bid_qty, book.ask_qty)):
             self.stats.incomplete["book_ticker_null_field"] += 1
-        return Tick(
-            symbol=symbol, event_time=iso_utc(event_time), timestamp=iso_utc(datetime.now(timezone.utc)),
-            bid_price=book.bid_price, ask_price=book.ask_price, bid_qty=book.bid_qty, ask_qty=book.ask_qty,
-            volume_24h=day.volume if day else None, quote_volume_24h=day.quote_volume if day else None,
-            high_24h=day.high_price if day else None, low_24h=day.low_price if day else None,
-            price_change_24h=day.price_change if day else None,
-            price_change_percentage_24h=day.price_change_percent if day else None,
-            trade_timestamp=iso_utc(day.close_time) if day and day.close_time else None,
-            market_cap=market.market_cap if market else None,
-            coingecko_total_volume=market.total_volume if market else None,
-            coingecko_last_updated=iso_utc(market.last_updated) if market and market.last_updated else None,
-            feed="rest",
-        )
+        return quote_tick(symbol, event_time, book, day, market, feed="rest")
 
 
 def run_feed(settings: Settings, feed: str | None = None, max_polls: int | None = None,

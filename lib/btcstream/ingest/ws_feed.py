@@ -37,7 +37,7 @@ import time
 from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Callable, Protocol
 
 from btcstream.errors import BadResponse, RateLimited, SourceUnavailable
@@ -45,6 +45,7 @@ from btcstream.ingest.clock import ExchangeClock
 from btcstream.ingest.feed_status import FeedCounters, LatencyRecorder, iso_from_epoch, write_feed_status
 from btcstream.ingest.gaps import FILL_WEIGHT_CEILING, PROBE_DELAY_S, ContinuityTracker, GapFiller
 from btcstream.ingest.publisher import DeliveryCounts, Record, TickPublisher
+from btcstream.ingest.quote_ticks import quote_tick
 from btcstream.ingest.sources.binance import AggTrade, BinanceClient
 from btcstream.ingest.sources.binance_ws import (ATTEMPT_WINDOW_S, ATTEMPTS_PER_WINDOW, BACKOFF_BASE_S, BACKOFF_CAP_S,
                                                  HANDOVER_TIMEOUT_S, HEALTHY_AFTER_S, MAX_CONNECTION_AGE_S,
@@ -284,19 +285,8 @@ class WebSocketFeed:
         day = ticker.stats if ticker is not None else None
         coin_id = self.coin_ids.get(symbol)
         market = self.markets.get(coin_id) if coin_id else None
-        return Tick(
-            symbol=symbol, event_time=iso_utc(self.clock.at(quote.received_monotonic)),
-            timestamp=iso_utc(datetime.now(timezone.utc)),
-            bid_price=book.bid_price, ask_price=book.ask_price, bid_qty=book.bid_qty, ask_qty=book.ask_qty,
-            volume_24h=day.volume if day else None, quote_volume_24h=day.quote_volume if day else None,
-            high_24h=day.high_price if day else None, low_24h=day.low_price if day else None,
-            price_change_24h=day.price_change if day else None,
-            price_change_percentage_24h=day.price_change_percent if day else None,
-            trade_timestamp=iso_utc(day.close_time) if day and day.close_time else None,
-            market_cap=market.market_cap if market else None,
-            coingecko_total_volume=market.total_volume if market else None,
-            coingecko_last_updated=iso_utc(market.last_updated) if market and market.last_updated else None,
-            feed="websocket", update_id=book.update_id, received_at=iso_from_epoch(quote.received_wall))
+        return quote_tick(symbol, self.clock.at(quote.received_monotonic), book, day, market, feed="websocket",
+                          update_id=book.update_id, received_at=iso_from_epoch(quote.received_wall))
 
     def _offer(self, record: Record) -> bool:
         """Put a record in the buffer without waiting; False (and a throttled warning) when it is full."""
