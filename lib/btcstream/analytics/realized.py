@@ -75,7 +75,7 @@ def read_kline_csv(path: Path | str) -> Klines:
 
     Rows that are not numbers, bars that break low <= open/close <= high, repeated open times and spikes
     (a price more than SPIKE_LOG_DEVIATION in log from the median of the 7 closes around it) are dropped
-    and counted; hours absent from the grid are counted as `missing_hour`.
+    and counted; hours of the grid that no row has are counted as `missing_hour`.
     """
     path = Path(path)
     if not path.is_file():
@@ -119,10 +119,17 @@ def clean_klines(raw: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     spikes = _spikes(numbers)
     problems["spike"] = int(spikes.sum())
     numbers = numbers[~spikes]
-    if len(numbers) > 1:
-        expected = (numbers.index[-1] - numbers.index[0]) // PERIOD["1h"] + 1
-        problems["missing_hour"] = int(expected - len(numbers))
+    problems["missing_hour"] = _absent_hours(pd.to_numeric(raw["open_time"], errors="coerce"), unit)
     return numbers, {reason: count for reason, count in problems.items() if count}
+
+
+def _absent_hours(open_times: pd.Series, unit: str) -> int:
+    """Hours of the grid between the first and last open time that no row of the file has (a row dropped
+    as bad is counted under its own reason, not here)."""
+    times = pd.to_datetime(open_times.dropna().astype("int64"), unit=unit, utc=True).drop_duplicates()
+    if len(times) < 2:
+        return 0
+    return int((times.max() - times.min()) // PERIOD["1h"] + 1 - len(times))
 
 
 def _spikes(bars: pd.DataFrame) -> np.ndarray:
