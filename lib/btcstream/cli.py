@@ -18,7 +18,7 @@ from btcstream.settings import load_settings
 
 # Add a command by writing btcstream/commands/<name>.py with register() and listing it here.
 COMMAND_MODULES = ("infra", "demo", "data", "exchange", "produce", "report", "stream", "status", "compact", "migrate",
-                   "lab", "backfill")
+                   "lab", "backfill", "forecast")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -119,17 +119,18 @@ def clean_klines(raw: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
     spikes = _spikes(numbers)
     problems["spike"] = int(spikes.sum())
     numbers = numbers[~spikes]
-    problems["missing_hour"] = _absent_hours(pd.to_numeric(raw["open_time"], errors="coerce"), unit)
+    problems["missing_hour"] = _absent_hours(numbers, pd.to_numeric(raw["open_time"], errors="coerce"), unit)
     return numbers, {reason: count for reason, count in problems.items() if count}
 
 
-def _absent_hours(open_times: pd.Series, unit: str) -> int:
-    """Hours of the grid between the first and last open time that no row of the file has (a row dropped
+def _absent_hours(bars: pd.DataFrame, open_times: pd.Series, unit: str) -> int:
+    """Hours of the grid from the first to the last usable bar that no row of the file has (a row dropped
     as bad is counted under its own reason, not here)."""
-    times = pd.to_datetime(open_times.dropna().astype("int64"), unit=unit, utc=True).drop_duplicates()
-    if len(times) < 2:
+    if len(bars) < 2:
         return 0
-    return int((times.max() - times.min()) // PERIOD["1h"] + 1 - len(times))
+    grid = pd.date_range(bars.index[0], bars.index[-1], freq=PERIOD["1h"])
+    present = pd.DatetimeIndex(pd.to_datetime(open_times.dropna().astype("int64"), unit=unit, utc=True))
+    return int((~grid.isin(present)).sum())
 
 
 def _spikes(bars: pd.DataFrame) -> np.ndarray:
