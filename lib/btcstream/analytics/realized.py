@@ -41,7 +41,7 @@ KLINE_COLUMNS: tuple[str, ...] = ("open_time", "open", "high", "low", "close", "
                                   "quote_volume", "count")
 # Binance's raw kline rows (no header) carry three more columns after `count`.
 RAW_KLINE_EXTRA: tuple[str, ...] = ("taker_buy_volume", "taker_buy_quote_volume", "ignore")
-SPIKE_LOG_DEVIATION = 0.25  # |ln(price / median of the 7 closes around it)| above this is a bad print, not a move
+SPIKE_LOG_DEVIATION = 0.4  # |ln(price / median of the 7 closes around it)| above this (~49%) is a bad print; real max 0.22
 SPIKE_WINDOW = 7
 MIN_HOURS_PER_DAY = 20
 COVARIATES: tuple[str, ...] = ("spread_bps", "trade_imbalance", "volume")
