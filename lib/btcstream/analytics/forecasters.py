@@ -14,7 +14,8 @@ given: the walk-forward evaluation (`btcstream.analytics.evaluation`) passes the
 - `GradientBoosting`: scikit-learn HistGradientBoostingRegressor on ln RV_{t+1} from lagged ln RV, HAR-style
   trailing means and the covariates; forecast exp(y_hat + s^2 / 2), s^2 the training residual variance.
 
-Forecasts are floored at `FORECAST_FLOOR` times the training mean (an OLS line can cross zero, QLIKE cannot).
+HAR-RV and gradient-boosting forecasts are floored at `FORECAST_FLOOR` times the training mean (an OLS line
+can cross zero, QLIKE cannot); EWMA and GARCH are positive by construction.
 Not for: losses or the walk-forward loop (`evaluation`), reading data (`realized`).
 """
 
