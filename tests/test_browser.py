@@ -49,7 +49,7 @@ LAB_START_TIMEOUT_S = 120.0
 KERNEL_READY_TIMEOUT_S = 120.0
 RUN_ALL_TIMEOUT_S = 240.0
 PAGE_TIMEOUT_MS = 60_000
-HOURLY_FIGURES = 4  # notebook 03: spread/volatility, price band, liquidity/volume, spread vs volatility
+HOURLY_FIGURES = 5  # notebook 03: spread/volatility, price band, liquidity/volume, trades, spread vs volatility
 
 
 def chromium_executable() -> str:

@@ -55,7 +55,14 @@ QUARANTINE_SCHEMA = pa.schema([
     ("value", pa.binary()), ("value_preview", pa.string()), ("reason", pa.string()), ("topic", pa.string()),
     ("partition", pa.int32()), ("offset", pa.int64()), ("kafka_timestamp", UTC_MICROS), ("detected_at", UTC_MICROS),
     ("date", pa.date32())])
-SCHEMAS = {RAW_DATASET: RAW_SCHEMA, HOURLY_DATASET: HOURLY_SCHEMA, QUARANTINE_DATASET: QUARANTINE_SCHEMA}
+TRADES_SCHEMA = pa.schema([
+    ("symbol", pa.string()), ("trade_id", pa.int64()), ("price", pa.float64()), ("qty", pa.float64()),
+    ("quote_qty", pa.float64()), ("trade_time", UTC_MICROS), ("buyer_is_maker", pa.bool_()),
+    ("first_trade_id", pa.int64()), ("last_trade_id", pa.int64()), ("event_time", UTC_MICROS),
+    ("received_at", UTC_MICROS), ("feed", pa.string()), ("schema_version", pa.int32()), ("date", pa.date32()),
+    ("hour", pa.int32())])
+SCHEMAS = {RAW_DATASET: RAW_SCHEMA, HOURLY_DATASET: HOURLY_SCHEMA, QUARANTINE_DATASET: QUARANTINE_SCHEMA,
+           "trades": TRADES_SCHEMA}
 PARTITIONS = {RAW_DATASET: RAW_PARTITION_COLUMNS, HOURLY_DATASET: HOURLY_PARTITION_COLUMNS,
               QUARANTINE_DATASET: QUARANTINE_PARTITION_COLUMNS}
 TIME_OF = {RAW_DATASET: "event_time", HOURLY_DATASET: "window_start", QUARANTINE_DATASET: "kafka_timestamp"}

@@ -16,6 +16,7 @@ from btcstream.settings import Settings
 pytestmark = pytest.mark.integration
 
 APP_ID = "btcstream-test-writer"
+AUTO_COMPACT = "spark.databricks.delta.autoCompact.enabled"
 
 
 def rows(spark, start: int, count: int):
@@ -24,11 +25,21 @@ def rows(spark, start: int, count: int):
         "id", "cast(id * 1.5 as double) as price", "concat('2025-02-1', cast(id % 3 as string)) as date")
 
 
-def test_delta_on_hdfs_is_idempotent_compacts_and_reads_without_a_jvm(test_settings: Settings) -> None:
+@pytest.fixture
+def autocompact_off(test_settings: Settings):
+    spark = spark_session(test_settings, "btcstream-test-delta")
+    spark.conf.set(AUTO_COMPACT, "false")
+    yield
+    spark.conf.set(AUTO_COMPACT, "true")
+
+
+def test_delta_on_hdfs_is_idempotent_compacts_and_reads_without_a_jvm(test_settings: Settings, autocompact_off) -> None:
     from deltalake import DeltaTable
 
     spark = spark_session(test_settings, "btcstream-test-delta")
     url = test_settings.storage_url("delta_probe")
+    # Commits are counted below: no auto compaction in between (the session enables it for the job;
+    # the conf is set back by the `autocompact_off` fixture's teardown).
 
     def append(frame, batch_id: int) -> None:
         (frame.write.format("delta").mode("append").partitionBy("date")

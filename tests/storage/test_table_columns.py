@@ -16,7 +16,10 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from pyspark.sql import functions as F
+
 from btcstream.ingest.tick import Tick, iso_utc
+from btcstream.ingest.trade import Trade
 from btcstream.settings import Settings
 from btcstream.storage.readers import TABLE_COLUMNS, read_dataset, read_quarantine
 from btcstream.streaming.delta_batches import DeltaBatchWriter
@@ -45,11 +48,17 @@ def test_readers_and_test_tables_match_the_tables_the_job_writes(spark, tmp_path
     urls = {dataset: settings.storage_url(dataset) for dataset in TABLE_COLUMNS}
     tick = Tick(symbol="BTCUSDT", event_time=iso_utc(MOMENT), timestamp=iso_utc(MOMENT + timedelta(seconds=1)),
                 bid_price=97_000.0, ask_price=97_000.5, bid_qty=1.0, ask_qty=2.0, volume_24h=18_000.0)
-    writer = DeltaBatchWriter(urls["raw_data"], urls["quarantine"], app_id="test-table-columns")
+    writer = DeltaBatchWriter(urls["raw_data"], urls["quarantine"], app_id="test-table-columns",
+                              trades_url=urls["trades"], trades_topic="trades")
+    trade = Trade(symbol="BTCUSDT", trade_id=7, price=97_000.2, qty=0.5, quote_qty=48_500.1, trade_time=iso_utc(MOMENT),
+                  buyer_is_maker=True, first_trade_id=10, last_trade_id=11, event_time=iso_utc(MOMENT),
+                  received_at=iso_utc(MOMENT))
+    frame = kafka_frame(spark, [tick.to_json(), INVALID_UTF8, trade.to_json()])
+    frame = frame.withColumn("topic", F.when(F.col("offset") == 2, F.lit("trades")).otherwise(F.col("topic")))
 
-    writer(kafka_frame(spark, [tick.to_json(), INVALID_UTF8]), 0)
+    writer(frame, 0)
     upsert_hours(spark, urls["raw_data"], urls["hourly_metrics"], [("BTCUSDT", MOMENT.replace(minute=0))],
-                 event_clock=MOMENT, allowed_lateness=timedelta(minutes=10))
+                 event_clock=MOMENT, allowed_lateness=timedelta(minutes=10), trades_url=urls["trades"])
 
     for dataset, url in urls.items():
         written = stored_schema(url)

@@ -32,7 +32,8 @@ def test_fifteen_minute_windows_match_pandas(enriched) -> None:
     ours = normalise_frame(live_views.window_metrics(enriched, "15 minutes").toPandas())
     ticks = normalise_frame(enriched.toPandas())
     for (symbol, start), rows in ticks.groupby(["symbol", ticks["event_time"].dt.floor("15min")]):
-        mids = rows.sort_values("event_time")["mid_price"].to_numpy()
+        ordered = rows.sort_values("event_time")
+        mids = ordered.groupby(ordered["event_time"].dt.floor("min"))["mid_price"].last().to_numpy()  # 1-minute grid
         got = ours[(ours["symbol"] == symbol) & (ours["window_start"] == start)].iloc[0]
         assert got["tick_count"] == len(rows)
         assert got["avg_spread_bps"] == pytest.approx(rows["spread_bps"].mean(), rel=1e-12)

@@ -78,12 +78,15 @@ def test_random_closes_lose_no_trade_and_store_each_once(test_settings: Settings
     sent_quotes = document["counts"]["sent"]["quote"]
 
     def stored() -> bool:
+        """Every trade and quote in its table, and the batch that stored them has upserted its hours."""
         trades, raw = read_table(settings, "trades"), read_table(settings, "raw_data")
-        return len(trades) >= sum(map(len, expected.values())) and len(raw) >= sent_quotes
+        hourly = read_table(settings, "hourly_metrics")
+        return (len(trades) >= sum(map(len, expected.values())) and len(raw) >= sent_quotes
+                and not hourly.empty and int(hourly.trade_count.sum()) == len(trades))
 
     try:
         job.wait_until(stored, "the job to store every trade and quote", timeout=240)
-        time.sleep(3.0)  # one more batch: nothing more may arrive
+        time.sleep(3.0)  # one more trigger: nothing more may arrive
         trades, raw, hourly = (read_table(settings, name) for name in ("trades", "raw_data", "hourly_metrics"))
     finally:
         job.stop()

@@ -132,10 +132,11 @@ def test_report_command_passes_parameters_to_one_notebook(tmp_path: Path, capsys
 # --- the whole workbench against the real local stack ------------------------------------------
 
 def independent_window_metrics(raw: pd.DataFrame, minutes: int) -> pd.DataFrame:
-    """Per symbol and window: mean spread_bps, tick count, realized volatility, computed in pandas."""
+    """Per symbol and window: mean spread_bps, tick count, realized volatility (last mid of each minute)."""
     rows = []
     for (symbol, start), ticks in raw.groupby(["symbol", raw["event_time"].dt.floor(f"{minutes}min")]):
-        mids = ticks.sort_values("event_time")["mid_price"].to_numpy()
+        ordered = ticks.sort_values(["event_time", "update_id"])
+        mids = ordered.groupby(ordered["event_time"].dt.floor("min"))["mid_price"].last().to_numpy()
         returns = np.log(mids[1:] / mids[:-1])
         rows.append({"symbol": symbol, "window_start": start, "avg_spread_bps": ticks["spread_bps"].mean(),
                      "tick_count": len(ticks), "realized_volatility": float(np.sqrt(np.sum(returns ** 2)))})

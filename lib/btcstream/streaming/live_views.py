@@ -17,7 +17,7 @@ from pyspark.sql.streaming import StreamingQuery
 
 from btcstream.settings import Settings
 from btcstream.storage.readers import normalise_frame
-from btcstream.streaming.transforms import ordered_mids, realized_volatility
+from btcstream.streaming.transforms import RV_GRID_SECONDS, grid_last_mids, ordered_mids, realized_volatility
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +26,13 @@ WINDOW_COLUMNS = ("symbol", "window_start", "window_end", "avg_price", "avg_spre
                   "realized_volatility", "tick_count")
 
 
-def window_metrics(enriched: DataFrame, duration: str) -> DataFrame:
+def window_metrics(enriched: DataFrame, duration: str, grid_seconds: int = RV_GRID_SECONDS) -> DataFrame:
     """Per symbol and event-time window of `duration`: mean mid, mean spread (abs, bps), realized volatility.
 
-    realized_volatility = sqrt(sum_i ln(mid_i / mid_(i-1))^2) over consecutive ticks in the window
-    ordered by event_time: the formula of `btcstream.streaming.transforms.hourly_metrics`, on any
-    window length (tests check both agree on one hour).
+    realized_volatility = sqrt(sum_k ln(m_k / m_(k-1))^2), m_k the last mid of the k-th `grid_seconds`
+    step holding a tick in the window (in event-time order): the formula of
+    `btcstream.streaming.transforms.hourly_metrics`, on any window length (tests check both agree on
+    one hour). One streaming aggregation keeps the window's sorted mids; the grid is sampled from them.
     """
     grouped = enriched.groupBy("symbol", F.window("event_time", duration).alias("window")).agg(
         F.avg("mid_price").alias("avg_price"),
@@ -43,7 +44,7 @@ def window_metrics(enriched: DataFrame, duration: str) -> DataFrame:
     return grouped.select(
         "symbol", F.col("window.start").alias("window_start"), F.col("window.end").alias("window_end"),
         "avg_price", "avg_spread", "avg_spread_bps",
-        realized_volatility(F.col("mids.mid_price")).alias("realized_volatility"),
+        realized_volatility(grid_last_mids(F.col("mids"), grid_seconds)).alias("realized_volatility"),
         "tick_count",
     )
 
@@ -61,7 +62,7 @@ def start_window_view(spark: SparkSession, settings: Settings, duration: str = "
 
     stop_query(spark, name)
     ticks, _ = parse.split(_kafka(spark, settings, starting_offsets))
-    view = window_metrics(transforms.enrich(ticks), duration)
+    view = window_metrics(transforms.enrich(ticks), duration, int(settings.rv_grid_span.total_seconds()))
     query = (view.writeStream.format("memory").queryName(name).outputMode("complete")
              .trigger(processingTime=f"{trigger_interval_s} seconds").start())
     log.info("started %s (%s windows, from %s offsets of %s)", name, duration, starting_offsets, settings.topic)

@@ -12,6 +12,7 @@ replaced atomically (write, then rename). Not for: exactly-once data (the sinks 
 from __future__ import annotations
 
 import json
+import time
 import logging
 import threading
 import uuid
@@ -27,6 +28,7 @@ from btcstream.storage.filesystem import storage_filesystem, storage_path
 log = logging.getLogger(__name__)
 
 HISTORY_BATCHES = 100
+READ_ATTEMPTS = 3  # reads of a progress document caught mid-replacement
 
 # The per-batch counts the job notes (`ProgressWriter.note_batch`) and the totals sum.
 BATCH_COUNTS: tuple[str, ...] = (
@@ -42,13 +44,24 @@ def progress_path(settings: Settings, query_name: str) -> str:
 
 
 def read_progress(settings: Settings, query_name: str) -> dict[str, Any] | None:
-    """The persisted progress document of a query, or None if it never ran."""
+    """The persisted progress document of a query, or None if it never ran.
+
+    The writer replaces the document after every batch; on WebHDFS it is briefly absent meanwhile,
+    so a read that finds it gone between the existence check and the open is tried again.
+    """
     fs = storage_filesystem(settings)
     path = progress_path(settings, query_name)
-    if not fs.exists(path):
-        return None
-    with fs.open(path, "rb") as handle:
-        return json.loads(handle.read().decode())
+    for attempt in range(READ_ATTEMPTS):
+        if not fs.exists(path):
+            return None
+        try:
+            with fs.open(path, "rb") as handle:
+                return json.loads(handle.read().decode())
+        except FileNotFoundError:
+            if attempt == READ_ATTEMPTS - 1:
+                return None
+            time.sleep(0.05)
+    return None
 
 
 def batch_summary(progress: dict[str, Any], counts: dict[str, int] | None = None) -> dict[str, Any]:

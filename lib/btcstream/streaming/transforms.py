@@ -48,11 +48,24 @@ def enrich(ticks: DataFrame) -> DataFrame:
 
 
 def ordered_mids() -> Column:
-    """Aggregate: the group's (event_time, mid_price) pairs as an array sorted by event_time.
+    """Aggregate: the group's (event_time, update_id, mid_price) as an array sorted by event_time.
 
-    Structs sort field by field: by event_time, then mid_price (ties only without dedup).
+    Structs sort field by field: by event_time, then update_id (WebSocket quotes sharing a
+    millisecond), then mid_price.
     """
-    return F.array_sort(F.collect_list(F.struct("event_time", "mid_price")))
+    update_id = F.coalesce(F.col("update_id"), F.lit(0)).alias("update_id")
+    return F.array_sort(F.collect_list(F.struct("event_time", update_id, "mid_price")))
+
+
+def grid_last_mids(mids: Column, grid_seconds: int = RV_GRID_SECONDS) -> Column:
+    """From an `ordered_mids` array, the mid of the last element of each `grid_seconds` step (the
+    previous-tick sampling `hourly_metrics` uses for realized volatility), in order."""
+    def step(moment: Column) -> Column:
+        return F.floor(F.unix_micros(moment) / F.lit(grid_seconds * 1_000_000))
+
+    last_of_step = F.filter(mids, lambda x, i: (i == F.size(mids) - 1)
+                            | (step(x["event_time"]) != step(F.element_at(mids, i + 2)["event_time"])))
+    return F.transform(last_of_step, lambda x: x["mid_price"])
 
 
 def realized_volatility(mids: Column) -> Column:
