@@ -26,20 +26,24 @@ def rows(spark, start: int, count: int):
 
 
 @pytest.fixture
-def autocompact_off(test_settings: Settings):
+def spark_without_autocompact(test_settings: Settings):
+    """The session with Delta's auto compaction off (the job's sessions turn it on), then back on.
+
+    Taken from here, not from `spark_session` again: a second `spark_session` call re-applies the
+    builder's settings to the running session, auto compaction included.
+    """
     spark = spark_session(test_settings, "btcstream-test-delta")
     spark.conf.set(AUTO_COMPACT, "false")
-    yield
+    yield spark
     spark.conf.set(AUTO_COMPACT, "true")
 
 
-def test_delta_on_hdfs_is_idempotent_compacts_and_reads_without_a_jvm(test_settings: Settings, autocompact_off) -> None:
+def test_delta_on_hdfs_is_idempotent_compacts_and_reads_without_a_jvm(test_settings: Settings,
+                                                                      spark_without_autocompact) -> None:
     from deltalake import DeltaTable
 
-    spark = spark_session(test_settings, "btcstream-test-delta")
+    spark = spark_without_autocompact  # commits are counted below: none may come from auto compaction
     url = test_settings.storage_url("delta_probe")
-    # Commits are counted below: no auto compaction in between (the session enables it for the job;
-    # the conf is set back by the `autocompact_off` fixture's teardown).
 
     def append(frame, batch_id: int) -> None:
         (frame.write.format("delta").mode("append").partitionBy("date")
