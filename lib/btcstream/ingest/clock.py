@@ -100,3 +100,21 @@ class ExchangeClock:
     def local_span(self, exchange_span: timedelta) -> float:
         """How many local seconds an exchange-time span lasts."""
         return exchange_span.total_seconds() / self.rate
+
+
+def calibrate_until_stopped(clock: ExchangeClock, url: str, stop: threading.Event) -> bool:
+    """Measure the exchange clock, waiting (1 s doubling to 30 s, or a 429's Retry-After) while the
+    exchange at `url` is unreachable; False if `stop` was set first. Both feeds start with it."""
+    from btcstream.errors import BadResponse, RateLimited, SourceUnavailable
+
+    delay = 1.0
+    while not stop.is_set():
+        try:
+            clock.calibrate()
+            return True
+        except (RateLimited, SourceUnavailable, BadResponse) as error:
+            wait = max(delay, error.retry_after_s) if isinstance(error, RateLimited) else delay
+            log.warning("cannot read the exchange clock at %s (%s); retrying in %.0f s", url, error, wait)
+            stop.wait(wait)
+            delay = min(30.0, delay * 2)
+    return False

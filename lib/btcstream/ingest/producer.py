@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Iterator
 
-from btcstream.ingest.clock import ExchangeClock
+from btcstream.ingest.clock import ExchangeClock, calibrate_until_stopped
 from btcstream.errors import BadResponse, RateLimited, SourceUnavailable
 from btcstream.ingest.publisher import TickPublisher
 from btcstream.settings import Settings
@@ -219,7 +219,7 @@ def run_producer(settings: Settings, max_polls: int | None = None,
         if not publisher.connect():
             return stats
         clock = ExchangeClock(binance.server_time, sleep=stop.wait)
-        if not _calibrate(clock, settings, stop):
+        if not calibrate_until_stopped(clock, settings.binance_url, stop):
             return stats
         log.info("exchange clock: %s, %.4g exchange seconds per local second", iso_utc(clock.now()), clock.rate)
         poller = MarketPoller(settings, binance, coingecko, clock, stats)
@@ -228,21 +228,6 @@ def run_producer(settings: Settings, max_polls: int | None = None,
         finally:
             _finish(publisher, stats)
     return stats
-
-
-def _calibrate(clock: ExchangeClock, settings: Settings, stop: threading.Event) -> bool:
-    """Measure the exchange clock, waiting while the exchange is unreachable; False if stopped first."""
-    delay = 1.0
-    while not stop.is_set():
-        try:
-            clock.calibrate()
-            return True
-        except (RateLimited, SourceUnavailable, BadResponse) as error:
-            wait = max(delay, error.retry_after_s) if isinstance(error, RateLimited) else delay
-            log.warning("cannot read the exchange clock at %s (%s); retrying in %.0f s", settings.binance_url, error, wait)
-            stop.wait(wait)
-            delay = min(30.0, delay * 2)
-    return False
 
 
 def _poll_loop(poller: MarketPoller, publisher: TickPublisher, clock: ExchangeClock, stats: ProducerStats,

@@ -41,7 +41,7 @@ from datetime import datetime
 from typing import Any, Callable, Protocol
 
 from btcstream.errors import BadResponse, RateLimited, SourceUnavailable
-from btcstream.ingest.clock import ExchangeClock
+from btcstream.ingest.clock import ExchangeClock, calibrate_until_stopped
 from btcstream.ingest.feed_status import FeedCounters, LatencyRecorder, iso_from_epoch, write_feed_status
 from btcstream.ingest.gaps import FILL_WEIGHT_CEILING, PROBE_DELAY_S, ContinuityTracker, GapFiller
 from btcstream.ingest.publisher import DeliveryCounts, Record, TickPublisher
@@ -440,8 +440,9 @@ def run_websocket_feed(settings: Settings, stop_event: threading.Event | None = 
         if not publisher.connect():
             return stats
         clock = ExchangeClock(binance.server_time, sleep=stop.wait)
-        if not _calibrate(clock, settings, stop):
+        if not calibrate_until_stopped(clock, settings.binance_url, stop):
             return stats
+        log.info("exchange clock: %s, %.4g exchange seconds per local second", iso_utc(clock.now()), clock.rate)
         buffer: queue.Queue[Record] = queue.Queue(maxsize=settings.ws_buffer_size)
         feed = WebSocketFeed(settings, clock, buffer)
         sender = KafkaSender(buffer, publisher, backlog_limit=settings.ws_buffer_size)
@@ -610,22 +611,6 @@ class _FeedRunner:
             "last_message": counters.last_message_document(),
         }
         return document
-
-
-def _calibrate(clock: ExchangeClock, settings: Settings, stop: threading.Event) -> bool:
-    """Measure the exchange clock, waiting while the exchange is unreachable; False if stopped first."""
-    delay = 1.0
-    while not stop.is_set():
-        try:
-            clock.calibrate()
-            log.info("exchange clock: %s, %.4g exchange seconds per local second", iso_utc(clock.now()), clock.rate)
-            return True
-        except (RateLimited, SourceUnavailable, BadResponse) as error:
-            wait = max(delay, error.retry_after_s) if isinstance(error, RateLimited) else delay
-            log.warning("cannot read the exchange clock at %s (%s); retrying in %.0f s", settings.binance_url, error, wait)
-            stop.wait(wait)
-            delay = min(30.0, delay * 2)
-    return False
 
 
 async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:

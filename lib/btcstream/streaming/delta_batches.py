@@ -36,10 +36,9 @@ if TYPE_CHECKING:
 
 TXN_APP_ID_CONF = "spark.databricks.delta.write.txnAppId"
 TXN_VERSION_CONF = "spark.databricks.delta.write.txnVersion"
-DEDUP_KEY = ("symbol", "event_time")  # a REST quote's identity; a WebSocket quote's is (symbol, update_id)
 TRADE_KEY = ("symbol", "trade_id")
 RAW_STRATEGIES = ("merge", "anti_join")
-QUOTE_KEY_COLUMN = "_quote_key"
+QUOTE_KEY_COLUMN = "_quote_key"  # `quote_key`: (symbol, update_id) for WebSocket quotes, (symbol, event_time) for REST ones
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,6 @@ log = logging.getLogger(__name__)
 
 HOUR_KEY = ("symbol", "window_start")
 CONFLICT_RETRIES = 5
-METRIC_COLUMNS = tuple(name for name in HOURLY_COLUMNS if name not in HOUR_KEY)
 
 
 @dataclass(frozen=True)
@@ -240,8 +239,8 @@ def _in_partitions(keys: list[tuple[str, datetime]]):
 
     date_column, hour_column = RAW_PARTITION_COLUMNS
     condition = None
-    for date, hour in sorted({(start.date(), start.hour) for _, start in keys}):
-        one = (F.col(date_column) == F.lit(date)) & (F.col(hour_column) == F.lit(hour))
+    for day, hour in sorted({(start.date(), start.hour) for _, start in keys}):
+        one = (F.col(date_column) == F.lit(day)) & (F.col(hour_column) == F.lit(hour))
         condition = one if condition is None else condition | one
     return condition
 
