@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from datetime import timedelta
 
 import pytest
 
@@ -86,7 +87,7 @@ def test_every_field_has_a_committed_default_or_is_a_secret() -> None:
 
     documented = set(yaml.safe_load(DEFAULT_CONFIG_FILE.read_text()))
     optional = {"coingecko_api_key", "kafka_sasl_password", "kafka_sasl_username", "kafka_sasl_mechanism",
-                "kafka_ssl_cafile", "kafka_security_protocol"}
+                "kafka_ssl_cafile", "kafka_security_protocol", "alert_command"}
     assert {f.name for f in fields(Settings)} - optional <= documented
 
 
@@ -99,3 +100,27 @@ def test_websocket_feed_settings_read_from_the_environment() -> None:
     assert settings.trades_topic == "trades"
     assert settings.rv_grid_span.total_seconds() == 300
     assert settings.feed == "rest"
+
+
+def test_forecast_and_alert_settings_read_from_the_environment() -> None:
+    settings = load_settings(env={"BTCSTREAM_FORECAST_MODELS": "ewma, har_rv", "BTCSTREAM_ALERT_WINDOW": "2 hours",
+                                  "BTCSTREAM_ALERT_THRESHOLD": "4.5", "BTCSTREAM_ALERTS_TOPIC": "alerts",
+                                  "BTCSTREAM_ALERT_COMMAND": "notify-send btc", "BTCSTREAM_FORECAST_REFIT_HOURS": "6"})
+    assert settings.forecast_model_names == ("ewma", "har_rv")
+    assert settings.alert_window_span == timedelta(hours=2) and settings.alert_threshold == 4.5
+    assert settings.alerts_topic == "alerts" and settings.alert_command == "notify-send btc"
+    assert settings.forecast_refit_hours == 6
+    assert load_settings(env={"BTCSTREAM_FORECAST_MODELS": ""}).forecast_model_names == load_settings(env={}).forecast_model_names
+    assert Settings(forecast_models="").forecast_model_names == ()
+
+
+@pytest.mark.parametrize("name, value, expected", [
+    ("BTCSTREAM_FORECAST_MODELS", "ewma,lstm", "unknown model 'lstm'"),
+    ("BTCSTREAM_ALERT_WINDOW", "1 minute", "from '5 minutes'"),
+    ("BTCSTREAM_ALERT_THRESHOLD", "0", "must be > 0"),
+    ("BTCSTREAM_ALERTS_TOPIC", "btc_ticks", "must differ"),
+])
+def test_bad_forecast_and_alert_settings_name_the_variable(name: str, value: str, expected: str) -> None:
+    with pytest.raises(SettingsError, match=expected) as raised:
+        load_settings(env={name: value})
+    assert name in str(raised.value)

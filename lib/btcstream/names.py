@@ -12,6 +12,8 @@ Storage layout under the storage root (`Settings.storage_root`), every dataset a
     <root>/quarantine      records the job refused: raw bytes, a readable preview, the reason; partitioned by date
     <root>/trades          aggregate trades, one row per (symbol, trade_id), partitioned by date/hour of trade_time
     <root>/klines          Binance klines from `btcstream backfill`, partitioned by interval and date of open_time
+    <root>/forecasts       the job's next-hour volatility forecast per symbol and model, realized value beside it
+    <root>/alerts          robust z-score alerts on spread, 1-minute volatility and trade imbalance, partitioned by date
     <root>/checkpoints/<folder>   the Spark checkpoint of the job's query, plus progress/<query>.json
 """
 
@@ -23,13 +25,17 @@ HOURLY_DATASET = "hourly_metrics"
 QUARANTINE_DATASET = "quarantine"
 TRADES_DATASET = "trades"  # aggregate trades (btcstream.ingest.trade), partitioned by date/hour of trade_time
 KLINES_DATASET = "klines"  # Binance klines written by `btcstream backfill`, partitioned by interval and date
-DATASETS: tuple[str, ...] = (RAW_DATASET, HOURLY_DATASET, QUARANTINE_DATASET, TRADES_DATASET, KLINES_DATASET)
+FORECASTS_DATASET = "forecasts"  # live next-hour forecasts (btcstream.streaming.forecasts)
+ALERTS_DATASET = "alerts"  # market alerts (btcstream.streaming.alerts), partitioned by date of time
+DATASETS: tuple[str, ...] = (RAW_DATASET, HOURLY_DATASET, QUARANTINE_DATASET, TRADES_DATASET, KLINES_DATASET,
+                             FORECASTS_DATASET, ALERTS_DATASET)
 CHECKPOINTS_DIR = "checkpoints"
 PROGRESS_DIR = "progress"  # under CHECKPOINTS_DIR: the queries' persisted progress documents
 
 # The column each dataset is read and sorted by in time (quarantine rows by their Kafka timestamp).
 TIME_COLUMNS = {RAW_DATASET: "event_time", HOURLY_DATASET: "window_start", QUARANTINE_DATASET: "kafka_timestamp",
-                TRADES_DATASET: "trade_time", KLINES_DATASET: "open_time"}
+                TRADES_DATASET: "trade_time", KLINES_DATASET: "open_time", FORECASTS_DATASET: "for_hour",
+                ALERTS_DATASET: "time"}
 
 # The streaming job's one query (it reads the topic once and writes every table) and its checkpoint folder.
 INGEST_QUERY = "btcstream_ingest"
@@ -73,6 +79,29 @@ QUARANTINE_COLUMNS: tuple[str, ...] = (
     "value", "value_preview", "reason", "topic", "partition", "offset", "kafka_timestamp", "detected_at",
 )
 QUARANTINE_PREVIEW_CHARS = 200
+
+# The volatility models (btcstream.analytics.forecasters), by name: `btcstream forecast evaluate`
+# and the job's live forecasts (Settings.forecast_models).
+FORECAST_MODELS: tuple[str, ...] = ("ewma", "har_rv", "garch11", "gradient_boosting")
+
+# forecasts columns (one row per symbol, model and forecast hour; times UTC):
+#   made_at   when the job made the forecast (processing time), from the final hours before for_hour only
+#   for_hour  the start of the hour forecast
+#   value     the forecast realized volatility of that hour (sqrt of the model's variance forecast),
+#             in the units of hourly_metrics.realized_volatility
+#   realized  that hour's realized_volatility once the hour is final (null before; follows revisions)
+#   updated_at when the row was last written
+FORECASTS_COLUMNS: tuple[str, ...] = ("symbol", "model", "made_at", "for_hour", "value", "realized", "updated_at")
+
+# alerts columns (one row per symbol, metric and 1-minute bar whose robust z-score crossed the threshold):
+#   time      the start of the 1-minute bar (UTC event time)
+#   metric    one of ALERT_METRICS
+#   value     the bar's value of the metric; baseline the median over the trailing window;
+#   mad       the median absolute deviation there; z = (value - baseline) / (1.4826 * mad)
+#   detected_at when the job raised it (processing time)
+ALERT_METRICS: tuple[str, ...] = ("spread_bps", "volatility_1m", "trade_imbalance")
+ALERTS_COLUMNS: tuple[str, ...] = ("symbol", "time", "metric", "value", "baseline", "mad", "z", "detected_at")
+ALERTS_PARTITION_COLUMNS: tuple[str, ...] = ("date",)  # UTC date of time
 
 # Where the market data comes from: the real exchanges, or the local exchange replaying history.
 SOURCES: tuple[str, ...] = ("live", "replay")

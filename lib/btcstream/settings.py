@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 import yaml
 
 from btcstream.errors import SettingsError
+from btcstream.names import FORECAST_MODELS
 from btcstream.resources import default_config_file
 
 ENV_PREFIX = "BTCSTREAM_"
@@ -54,6 +55,13 @@ class Settings:
     ws_stale_after_s: float = 30.0
     trades_topic: str = "btc_trades"
     rv_grid: str = "1 minute"
+    forecast_models: str = "ewma,har_rv,garch11,gradient_boosting"
+    forecast_refit_hours: int = 24
+    alerts_topic: str = "btc_alerts"
+    alert_window: str = "60 minutes"
+    alert_threshold: float = 6.0
+    alert_command: str | None = None
+    bind_host: str = "127.0.0.1"
     coingecko_url: str = "https://api.coingecko.com/api/v3"
     coingecko_min_interval_s: float = 30.0
     coingecko_api_key: str | None = field(default=None, repr=False)
@@ -115,6 +123,16 @@ class Settings:
     def rv_grid_span(self) -> timedelta:
         """`rv_grid` ("1 minute": the realized-volatility sampling grid) as a timedelta."""
         return _span(self.rv_grid)
+
+    @property
+    def forecast_model_names(self) -> tuple[str, ...]:
+        """`forecast_models` ("ewma,har_rv,...") as a tuple; empty: the job writes no live forecasts."""
+        return tuple(name.strip() for name in self.forecast_models.split(",") if name.strip())
+
+    @property
+    def alert_window_span(self) -> timedelta:
+        """`alert_window` (the trailing window of 1-minute bars the alert baseline is taken over) as a timedelta."""
+        return _span(self.alert_window)
 
     def storage_url(self, *parts: str) -> str:
         """A URL under the storage root: `storage_url("raw_data")` -> `hdfs://.../bitcoin/raw_data`."""
@@ -181,12 +199,26 @@ def _host_port(label: str, text: str) -> tuple[str, int]:
 def _validate(s: Settings) -> None:
     """Reject values that would only fail later, far from their cause."""
     s.kafka_hosts  # raises on a malformed bootstrap list
-    for name in ("topic", "trades_topic"):
+    for name in ("topic", "trades_topic", "alerts_topic"):
         if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", getattr(s, name)):
             raise SettingsError(ENV_PREFIX + name.upper(), getattr(s, name),
                                 "a Kafka topic name uses only letters, digits, '.', '_' and '-'")
     if s.trades_topic == s.topic:
         raise SettingsError("BTCSTREAM_TRADES_TOPIC", s.trades_topic, "must differ from BTCSTREAM_TOPIC (quotes)")
+    if s.alerts_topic in (s.topic, s.trades_topic):
+        raise SettingsError("BTCSTREAM_ALERTS_TOPIC", s.alerts_topic, "must differ from the quote and trade topics")
+    unknown = [name for name in s.forecast_model_names if name not in FORECAST_MODELS]
+    if unknown:
+        raise SettingsError("BTCSTREAM_FORECAST_MODELS", s.forecast_models,
+                            f"unknown model {unknown[0]!r}; expected some of {','.join(FORECAST_MODELS)} (or empty for none)")
+    if not _DURATION.match(s.alert_window) or not timedelta(minutes=5) <= s.alert_window_span <= timedelta(days=1):
+        raise SettingsError("BTCSTREAM_ALERT_WINDOW", s.alert_window, "expected a window from '5 minutes' to '1 day'")
+    if not s.alert_threshold > 0:
+        raise SettingsError("BTCSTREAM_ALERT_THRESHOLD", s.alert_threshold, "must be > 0 (a robust z-score)")
+    if s.forecast_refit_hours <= 0:
+        raise SettingsError("BTCSTREAM_FORECAST_REFIT_HOURS", s.forecast_refit_hours, "must be a positive integer")
+    if s.bind_host not in LOCAL_HOSTS and not re.fullmatch(r"[0-9.]+|[0-9a-fA-F:]+|[A-Za-z0-9.-]+", s.bind_host):
+        raise SettingsError("BTCSTREAM_BIND_HOST", s.bind_host, "expected an address such as 127.0.0.1 or 0.0.0.0")
     parsed = urlparse(s.storage_root)
     if parsed.scheme == "hdfs":
         if not parsed.hostname:

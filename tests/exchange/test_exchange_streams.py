@@ -586,8 +586,10 @@ def test_state_counts_every_message_sent_and_the_last_ids(exchange):
     state = exchange.state()["ws"]
     assert state["sent"]["BTCUSDT"] == {"bookTicker": len(books), "aggTrade": len(trades), "ticker": 0}
     assert state["sent"]["ETHUSDT"] == {"bookTicker": 0, "aggTrade": 0, "ticker": 0}
-    assert state["ids"]["BTCUSDT"] == {"first_update_id": books[0], "last_update_id": books[-1],
-                                       "first_trade_id": trades[0], "last_trade_id": trades[-1]}
+    ids = state["ids"]["BTCUSDT"]
+    assert {key: ids[key] for key in ("first_update_id", "last_update_id", "first_trade_id", "last_trade_id")} == {
+        "first_update_id": books[0], "last_update_id": books[-1], "first_trade_id": trades[0], "last_trade_id": trades[-1]}
+    assert ids["newest_trade_id"] >= trades[-1]
     assert state["ids"]["ETHUSDT"]["last_trade_id"] is None
     assert state["connections"] == {"open": [], "opened": 1, "closed": {"client": 1}}
 

@@ -52,3 +52,16 @@ def two_symbol_exchange(directory: Path, speed: float = 3600.0, **options: objec
     """A started local exchange replaying BTCUSDT (real) and ETHUSDT (derived), on ephemeral ports."""
     history = {"BTCUSDT": default_history_path(), "ETHUSDT": write_eth_history(directory)}
     return start_exchange(history, speed=speed, **options)
+
+
+def expected_trade_ids(stored: list[int], emitted: dict[str, int | None]) -> list[int]:
+    """The trade ids a feed must have stored, given the exchange's `state()["ws"]["ids"][symbol]`.
+
+    Every id from the first the stream sent to the last it sent, and beyond that any the feed fetched over
+    REST while filling a gap (trades that had happened but no stream had sent yet), without a hole, up to at
+    most the newest trade that had happened.
+    """
+    first, last, newest = emitted["first_trade_id"], emitted["last_trade_id"], emitted["newest_trade_id"]
+    assert first is not None and last is not None and newest is not None, emitted
+    end = min(max([last, *stored]), newest)
+    return list(range(first, end + 1))

@@ -29,6 +29,8 @@ import numpy as np
 import pandas as pd
 from scipy.signal import lfilter
 
+from btcstream.names import FORECAST_MODELS
+
 log = logging.getLogger(__name__)
 
 RISKMETRICS_LAMBDA = 0.94
@@ -250,6 +252,7 @@ class GradientBoosting:
 
 
 MODEL_NAMES: tuple[str, ...] = (Ewma.name, HarRv.name, Garch11.name, GradientBoosting.name)
+assert MODEL_NAMES == FORECAST_MODELS, "btcstream.names.FORECAST_MODELS must name the models in this order"
 
 
 def default_models(horizon: str) -> list[Forecaster]:

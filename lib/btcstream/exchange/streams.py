@@ -616,10 +616,14 @@ class StreamServer:
         for (symbol, kind), count in self._sent.items():
             sent[symbol][kind] = count
         ids: dict[str, dict[str, int | None]] = {}
+        now_ms = self.market.clock.now_ms()
         for symbol in self.market.symbols:
             books, trades = self._emitted.get((symbol, "bookTicker")), self._emitted.get((symbol, "aggTrade"))
             ids[symbol] = {"first_update_id": books[0] if books else None, "last_update_id": books[1] if books else None,
-                           "first_trade_id": trades[0] if trades else None, "last_trade_id": trades[1] if trades else None}
+                           "first_trade_id": trades[0] if trades else None, "last_trade_id": trades[1] if trades else None,
+                           # the newest trade that has happened by now: GET /api/v3/aggTrades may serve it to a client
+                           # filling a gap before any stream has sent it
+                           "newest_trade_id": self.tape.last_trade_id(symbol, now_ms)}
         open_connections = [{"id": c.id, "path": c.path, "combined": c.combined, "streams": list(c.streams),
                              "connected_ms": c.connected_ms, "sent": c.sent, "silenced": c.silenced_until is not None,
                              "closing": c.closing} for c in sorted(self._clients.values(), key=lambda c: c.id)]
