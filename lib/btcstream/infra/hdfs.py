@@ -3,6 +3,10 @@
 Runs Hadoop's own launcher `org.apache.hadoop.mapreduce.MiniHadoopClusterManager -nomr` from
 `hadoop-client-minicluster` (the same Hadoop 3.5.0 that pyspark bundles). The NameNode is
 formatted on the first start only, so files survive `infra down` then `infra up`.
+
+Listeners: the NameNode's RPC and HTTP (WebHDFS) servers bind to `bind_host` (its `*-bind-host`
+keys); MiniDFSCluster itself puts the DataNode's data transfer, IPC and HTTP servers on
+127.0.0.1 (ephemeral ports) whatever the configuration says, so blocks are served to this machine only.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import json
 import urllib.error
 import urllib.request
 
-from btcstream.infra import artifacts
+from btcstream.infra import addresses, artifacts
 from btcstream.infra.java import java_executable
 from btcstream.infra.service import LocalService, log4j2_config
 
@@ -20,7 +24,7 @@ _FORMATTED_MARKER = ".formatted"
 
 
 class Hdfs(LocalService):
-    """NameNode RPC on the storage root's port (9000), WebHDFS/HTTP on `webhdfs_port` (9870)."""
+    """NameNode RPC on the storage root's port (9000), WebHDFS/HTTP on `webhdfs_port` (9870), both on `bind_host`."""
 
     name = "hdfs"
 
@@ -45,20 +49,33 @@ class Hdfs(LocalService):
             "org.apache.hadoop.mapreduce.MiniHadoopClusterManager", "-nomr",
             *([] if self.formatted else ["-format"]),
             "-nnport", str(ports["namenode-rpc"]), "-nnhttpport", str(ports["webhdfs"]), "-datanodes", "1",
-            "-D", f"hdfs.minidfs.basedir={self.data_dir}",
-            "-D", "dfs.permissions.enabled=false",
-            "-D", "dfs.replication=1",
-            "-D", "dfs.namenode.safemode.extension=0",
-            "-D", "dfs.datanode.hostname=127.0.0.1",
+            *[arg for key, value in self.hadoop_conf().items() for arg in ("-D", f"{key}={value}")],
             "-writeConfig", str(self.home / "hdfs-client-config.xml"),
         ]
+
+    def hadoop_conf(self) -> dict[str, str]:
+        """The `-D` settings: storage, single-node behaviour and where the NameNode's servers bind."""
+        bind = self.settings.bind_host
+        return {
+            "hdfs.minidfs.basedir": str(self.data_dir),
+            "dfs.permissions.enabled": "false",
+            "dfs.replication": "1",
+            "dfs.namenode.safemode.extension": "0",
+            "dfs.datanode.hostname": "127.0.0.1",
+            # MiniDFSCluster sets the NameNode's addresses to 127.0.0.1:<port>; these say where it binds.
+            "dfs.namenode.rpc-bind-host": bind,
+            "dfs.namenode.servicerpc-bind-host": bind,
+            "dfs.namenode.lifeline.rpc-bind-host": bind,
+            "dfs.namenode.http-bind-host": bind,
+            "dfs.namenode.https-bind-host": bind,
+        }
 
     def after_healthy(self) -> None:
         (self.home / _FORMATTED_MARKER).touch()
 
     def health(self) -> tuple[bool, str]:
         """Healthy when WebHDFS lists `/`, a DataNode is live and the NameNode is out of safe mode."""
-        base = f"http://127.0.0.1:{self.ports['webhdfs']}"
+        base = f"http://{addresses.url_host(addresses.connect_host(self.settings.bind_host))}:{self.ports['webhdfs']}"
         try:
             with urllib.request.urlopen(f"{base}/webhdfs/v1/?op=LISTSTATUS", timeout=3) as answer:
                 listing = json.load(answer)["FileStatuses"]["FileStatus"]

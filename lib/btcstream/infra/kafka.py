@@ -7,7 +7,7 @@ import secrets
 import subprocess
 
 from btcstream.errors import InfraError
-from btcstream.infra import artifacts, processes
+from btcstream.infra import addresses, artifacts, processes
 from btcstream.infra.java import java_executable
 from btcstream.infra.service import LocalService, log4j2_config
 
@@ -15,7 +15,7 @@ HEAP = "-Xmx512m"
 
 
 class KafkaBroker(LocalService):
-    """The broker on 127.0.0.1:<kafka_bootstrap port>, its controller on the next port."""
+    """The broker on <bind_host>:<kafka_bootstrap port>, its controller on the next port (both 127.0.0.1 by default)."""
 
     name = "kafka"
 
@@ -28,15 +28,18 @@ class KafkaBroker(LocalService):
     def config_file(self):
         return self.home / "server.properties"
 
-    def prepare(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+    def server_properties(self) -> str:
+        """server.properties: both listeners bound to `bind_host`, the broker advertised where clients reach it."""
         ports = self.ports
-        self.config_file.write_text("\n".join([
+        bind = addresses.url_host(self.settings.bind_host)
+        here = addresses.url_host(addresses.connect_host(self.settings.bind_host))
+        advertised = addresses.url_host(addresses.advertised_host(self.settings.bind_host))
+        return "\n".join([
             "process.roles=broker,controller",
             "node.id=1",
-            f"controller.quorum.voters=1@127.0.0.1:{ports['controller']}",
-            f"listeners=PLAINTEXT://127.0.0.1:{ports['broker']},CONTROLLER://127.0.0.1:{ports['controller']}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{ports['broker']}",
+            f"controller.quorum.voters=1@{here}:{ports['controller']}",
+            f"listeners=PLAINTEXT://{bind}:{ports['broker']},CONTROLLER://{bind}:{ports['controller']}",
+            f"advertised.listeners=PLAINTEXT://{advertised}:{ports['broker']}",
             "controller.listener.names=CONTROLLER",
             "inter.broker.listener.name=PLAINTEXT",
             "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
@@ -50,7 +53,11 @@ class KafkaBroker(LocalService):
             "group.initial.rebalance.delay.ms=0",
             "auto.create.topics.enable=true",
             "",
-        ]))
+        ])
+
+    def prepare(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.config_file.write_text(self.server_properties())
         (self.home / "log4j2.properties").write_text(log4j2_config("kafka.server"))
         if not (self.data_dir / "meta.properties").exists():
             self._format_storage()
@@ -80,10 +87,11 @@ class KafkaBroker(LocalService):
         from kafka import KafkaAdminClient
         from kafka.errors import KafkaError
 
-        if not processes.port_answers(self.ports["broker"]):
+        host = addresses.connect_host(self.settings.bind_host)
+        if not processes.port_answers(self.ports["broker"], host):
             return False, "broker port not open yet"
         try:
-            admin = KafkaAdminClient(bootstrap_servers=f"127.0.0.1:{self.ports['broker']}",
+            admin = KafkaAdminClient(bootstrap_servers=f"{addresses.url_host(host)}:{self.ports['broker']}",
                                      request_timeout_ms=3000)
         except (KafkaError, OSError, ValueError) as error:
             return False, f"no metadata answer ({type(error).__name__})"

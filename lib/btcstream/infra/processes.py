@@ -89,7 +89,7 @@ def stop(pid_file: Path, marker: str, grace_s: float = STOP_GRACE_S) -> bool:
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     """True when nothing listens on host:port (we can bind it ourselves)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))

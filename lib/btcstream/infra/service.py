@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from btcstream.errors import InfraError, PortInUse
-from btcstream.infra import processes
+from btcstream.infra import addresses, processes
 from btcstream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class LocalService(ABC):
     @property
     @abstractmethod
     def ports(self) -> dict[str, int]:
-        """Named TCP ports on 127.0.0.1 this service listens on."""
+        """Named TCP ports on `bind_host` (127.0.0.1 by default) this service listens on."""
 
     @abstractmethod
     def prepare(self) -> None:
@@ -98,8 +98,9 @@ class LocalService(ABC):
         if self.pid() is not None:
             healthy, detail = self.health()
             return f"{self.name}: already running (pid {self.pid()}), {'healthy' if healthy else 'NOT healthy: ' + detail}"
+        addresses.check_stack_bind_host(self.settings.bind_host)
         for label, port in self.ports.items():
-            if not processes.port_is_free(port):
+            if not processes.port_is_free(port, self.settings.bind_host):
                 raise PortInUse(f"{self.name} ({label})", port)
         self.home.mkdir(parents=True, exist_ok=True)
         self.prepare()
