@@ -4,6 +4,12 @@ Every component (streaming job, readers, notebooks, tests) calls `spark_session(
 The Kafka connector and Delta Lake (`io.delta:delta-spark_2.13`, matching the pinned `delta-spark`
 Python package) come from the local jar cache (`btcstream.infra.artifacts`), so once the jars
 are resolved no network is needed.
+
+Listeners: the driver's RPC endpoint and block manager bind to `bind_host`
+(`spark.driver.bindAddress`; `spark.driver.host` is what executors connect back to), and its web
+UI (4040...) to SPARK_LOCAL_IP, which Spark 4.2 reads from the JVM's environment only (unset: every
+interface), so the JVM is started with SPARK_LOCAL_IP=`bind_host`. A wildcard `bind_host` leaves
+both Spark defaults (the driver advertises this machine's address, the UI binds every interface).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from btcstream.errors import SparkSessionError
-from btcstream.infra import artifacts
+from btcstream.infra import addresses, artifacts
 from btcstream.settings import Settings
 
 if TYPE_CHECKING:  # pyspark loads inside spark_session, not when this module is imported
@@ -45,6 +51,33 @@ def shuffle_partitions(master: str) -> int:
         return 4
     cores = (os.cpu_count() or 1) if match.group(1) == "*" else int(match.group(1))
     return max(1, min(cores, 8))
+
+
+def driver_bind_conf(settings: Settings) -> dict[str, str]:
+    """Spark settings placing the driver's RPC endpoint and block manager on `bind_host`."""
+    if addresses.is_wildcard(settings.bind_host):
+        return {"spark.driver.bindAddress": settings.bind_host}
+    return {"spark.driver.bindAddress": settings.bind_host, "spark.driver.host": settings.bind_host}
+
+
+def driver_environment(settings: Settings) -> dict[str, str]:
+    """Variables the driver JVM is started with: SPARK_LOCAL_IP places the web UI (none for a wildcard)."""
+    return {} if addresses.is_wildcard(settings.bind_host) else {"SPARK_LOCAL_IP": settings.bind_host}
+
+
+@contextmanager
+def environment(variables: dict[str, str]) -> Iterator[None]:
+    """Set `variables` in os.environ for the block (a JVM started in it inherits them), then restore."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def spark_session(settings: Settings, app_name: str = "btcstream", *, with_kafka: bool = True,
@@ -115,14 +148,15 @@ def spark_session(settings: Settings, app_name: str = "btcstream", *, with_kafka
                    # Delta Lake tables: its SQL (MERGE, OPTIMIZE, VACUUM, time travel) and its catalog.
                    .config("spark.sql.extensions", DELTA_EXTENSION)
                    .config("spark.sql.catalog.spark_catalog", DELTA_CATALOG))
-    for key, value in (extra_conf or {}).items():
+    for key, value in {**driver_bind_conf(settings), **(extra_conf or {})}.items():
         builder = builder.config(key, value)
-    if jvm_log is not None:
-        with console_output_to(jvm_log):
+    with environment(driver_environment(settings)):
+        if jvm_log is not None:
+            with console_output_to(jvm_log):
+                session = builder.getOrCreate()
+            log.info("Spark's own log: %s", jvm_log)
+        else:
             session = builder.getOrCreate()
-        log.info("Spark's own log: %s", jvm_log)
-    else:
-        session = builder.getOrCreate()
     session.sparkContext.setLogLevel(SPARK_LOG_LEVEL)
     if with_kafka and "spark-sql-kafka" not in session.sparkContext.getConf().get("spark.jars", ""):
         raise SparkSessionError(
