@@ -32,7 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--speed", type=float, default=1.0, help="simulated seconds per wall second (3600: an hour per second)")
     parser.add_argument("--start", type=datetime.fromisoformat, default=None,
                         help="simulated start time, ISO-8601 with zone (default: one day into the history)")
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default=None,
+                        help="address the three listeners bind to (default: BTCSTREAM_BIND_HOST, 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8080, help="Binance port (0: any free port)")
     parser.add_argument("--coingecko-port", type=int, default=8081, help="CoinGecko port (0: any free port)")
     parser.add_argument("--ws-port", type=int, default=8082, help="WebSocket streams port (0: any free port)")
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.ws_ping_interval <= 0 or args.ws_pong_timeout <= 0 or args.ws_max_age_hours < 0:
         raise BtcstreamError("--ws-ping-interval and --ws-pong-timeout must be > 0, --ws-max-age-hours >= 0")
     exchange = start_exchange(history or None, speed=args.speed, start=args.start, seed=args.seed,
-                              host=args.host, binance_port=args.port, coingecko_port=args.coingecko_port,
+                              host=args.host or settings.bind_host, binance_port=args.port, coingecko_port=args.coingecko_port,
                               ws_port=args.ws_port, ws_quotes_per_second=args.ws_quotes_per_second,
                               ws_trades_per_second=args.ws_trades_per_second, ws_ping_interval_s=args.ws_ping_interval,
                               ws_pong_timeout_s=args.ws_pong_timeout,

@@ -36,6 +36,7 @@ from btcstream.errors import UnknownSymbol
 from btcstream.exchange.market import DAY_MS, ReplayMarket
 from btcstream.exchange.streams import PING_INTERVAL_S, PONG_TIMEOUT_S, TICK_S, StreamServer
 from btcstream.exchange.tape import Tape
+from btcstream.infra import addresses
 from btcstream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ class _HostLimits:
 
 
 class ExchangeServer:
-    """Serves a ReplayMarket on loopback ports: Binance REST, CoinGecko, Binance WebSocket streams.
+    """Serves a ReplayMarket on `host`'s ports (loopback by default): Binance REST, CoinGecko, Binance WebSocket streams.
 
     Use as a context manager or start()/stop(). Stream options: `ws_quotes_per_second` and
     `ws_trades_per_second` (per symbol, wall clock, at the clock's speed when the server is built; see
@@ -121,20 +122,24 @@ class ExchangeServer:
             server.daemon_threads = True
         self._threads: list[threading.Thread] = []
 
+    def _url_host(self, host: str) -> str:
+        """Where this machine reaches a listener on `host` (loopback for 0.0.0.0 / ::)."""
+        return addresses.url_host(addresses.connect_host(host))
+
     @property
     def binance_url(self) -> str:
         host, port = self._servers["binance"].server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{self._url_host(host)}:{port}"
 
     @property
     def coingecko_url(self) -> str:
         host, port = self._servers["coingecko"].server_address[:2]
-        return f"http://{host}:{port}/api/v3"
+        return f"http://{self._url_host(host)}:{port}/api/v3"
 
     @property
     def ws_url(self) -> str:
         """The WebSocket streams' base URL, e.g. `ws://127.0.0.1:8082` (bound once started)."""
-        return self.streams.url
+        return f"ws://{self._url_host(self.streams.host)}:{self.streams.port}"
 
     def start(self) -> "ExchangeServer":
         """Serve in background threads (a no-op when already serving)."""
