@@ -1,4 +1,4 @@
-"""`btcstream lab`: JupyterLab on 127.0.0.1 in notebooks/, with this venv's kernel, until Ctrl-C.
+"""`btcstream lab`: JupyterLab on `bind_host` (127.0.0.1) in notebooks/, with this venv's kernel, until Ctrl-C.
 
 Prints the URL with its token once, then which local services are up (Kafka, HDFS) or starts
 them with `--with-stack` (they keep running after JupyterLab stops, like `make demo` leaves them;
@@ -20,10 +20,10 @@ from btcstream.workbench.lab import DEFAULT_PORT, default_notebook_dir, start_la
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = subparsers.add_parser("lab", help="start JupyterLab on the workbench notebooks (127.0.0.1, token)",
+    parser = subparsers.add_parser("lab", help="start JupyterLab on the workbench notebooks (bind_host, 127.0.0.1 by default; token)",
                                    description=__doc__)
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
-                        help=f"port on 127.0.0.1 (default {DEFAULT_PORT}; 0: any free port)")
+                        help=f"port on BTCSTREAM_BIND_HOST (default {DEFAULT_PORT}; 0: any free port)")
     parser.add_argument("--no-browser", action="store_true", help="only print the URL, do not open a browser")
     parser.add_argument("--with-stack", action="store_true",
                         help="start the local Kafka and HDFS first when they are not running")
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.with_stack:
         for line in stack.up(settings):
             print(line, flush=True)
-    server = start_lab(args.port, args.notebook_dir or default_notebook_dir())
+    server = start_lab(args.port, args.notebook_dir or default_notebook_dir(), host=settings.bind_host)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda number, frame: stop.set())

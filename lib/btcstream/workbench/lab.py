@@ -1,10 +1,12 @@
-"""JupyterLab for the workbench notebooks: started on 127.0.0.1 with a token, the venv's kernel, and ready.
+"""JupyterLab for the workbench notebooks: started on `bind_host` (127.0.0.1) with a token, the venv's kernel, and ready.
 
 `start_lab` runs `jupyter lab` from the interpreter running btcstream (so its "Python 3" kernel is
 this venv's, with btcstream importable), waits until the server answers, and returns the URL with
 its token. The token is random per start and handed over in the environment (`JUPYTER_TOKEN`), so
 it shows in no process listing; JupyterLab's own start-up log, which repeats the URL, is kept to
-warnings. Not for: the notebooks' content (they call into `btcstream.workbench`).
+warnings. The token is required on any address: the server runs code, so `bind_host=0.0.0.0`
+opens it to whoever has the token. Its kernels' ZMQ ports stay on 127.0.0.1 (jupyter_client's default).
+Not for: the notebooks' content (they call into `btcstream.workbench`).
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from urllib.parse import quote
 
 from btcstream import resources
 from btcstream.errors import BtcstreamError
+from btcstream.infra import addresses
 
 log = logging.getLogger(__name__)
 
-HOST = "127.0.0.1"  # never on the network: the token guards a kernel that can run anything
+HOST = "127.0.0.1"  # the default (Settings.bind_host): never on the network, the token guards a kernel
 DEFAULT_PORT = 8888
 READY_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 20.0
@@ -45,10 +48,12 @@ class LabServer:
     port: int
     token: str
     notebook_dir: Path
+    host: str = HOST
 
     @property
     def base_url(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        """Where this machine reaches the server (loopback when it listens on every interface)."""
+        return f"http://{addresses.url_host(addresses.connect_host(self.host))}:{self.port}"
 
     @property
     def url(self) -> str:
@@ -81,25 +86,29 @@ def default_notebook_dir(cwd: Path | None = None) -> Path:
     return shipped.resolve()
 
 
-def free_port() -> int:
+def _probe(host: str) -> socket.socket:
+    return socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+
+
+def free_port(host: str = HOST) -> int:
     """A port nothing listens on right now (the OS picks it)."""
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
+    with _probe(host) as probe:
+        probe.bind((host, 0))
         return probe.getsockname()[1]
 
 
-def check_port_free(port: int) -> None:
-    with socket.socket() as probe:
+def check_port_free(port: int, host: str = HOST) -> None:
+    with _probe(host) as probe:
         try:
-            probe.bind((HOST, port))
+            probe.bind((host, port))
         except OSError:
-            raise LabError(f"port {port} on {HOST} is taken (another JupyterLab?): "
+            raise LabError(f"port {port} on {host} is taken (another JupyterLab?): "
                            "pass --port N, or --port 0 for any free port") from None
 
 
-def lab_command(port: int, notebook_dir: Path) -> list[str]:
-    """The `jupyter lab` command line (the token comes from the environment, see `start_lab`)."""
-    command = [sys.executable, "-m", "jupyter", "lab", f"--ServerApp.ip={HOST}", f"--ServerApp.port={port}",
+def lab_command(port: int, notebook_dir: Path, host: str = HOST) -> list[str]:
+    """The `jupyter lab` command line on `host` (the token comes from the environment, see `start_lab`)."""
+    command = [sys.executable, "-m", "jupyter", "lab", f"--ServerApp.ip={host}", f"--ServerApp.port={port}",
                "--ServerApp.port_retries=0", f"--ServerApp.root_dir={notebook_dir}", "--ServerApp.open_browser=False",
                "--ServerApp.log_level=WARN", "--LabApp.log_level=WARN",
                "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
@@ -108,14 +117,14 @@ def lab_command(port: int, notebook_dir: Path) -> list[str]:
     return command
 
 
-def start_lab(port: int = DEFAULT_PORT, notebook_dir: Path | None = None, *,
+def start_lab(port: int = DEFAULT_PORT, notebook_dir: Path | None = None, *, host: str = HOST,
               environment: dict[str, str] | None = None, ready_timeout_s: float = READY_TIMEOUT_S) -> LabServer:
-    """Start JupyterLab and return once it answers; raises LabError naming the fix when it cannot start."""
+    """Start JupyterLab on `host` (pass `Settings.bind_host`) and return once it answers; raises LabError naming the fix."""
     notebook_dir = (notebook_dir or default_notebook_dir()).resolve()
     if not notebook_dir.is_dir():
         raise LabError(f"notebook folder {notebook_dir} does not exist")
-    port = free_port() if port == 0 else port
-    check_port_free(port)
+    port = free_port(host) if port == 0 else port
+    check_port_free(port, host)
     token = secrets.token_hex(24)
     env = dict(os.environ if environment is None else environment)
     env["JUPYTER_TOKEN"] = token
@@ -123,9 +132,9 @@ def start_lab(port: int = DEFAULT_PORT, notebook_dir: Path | None = None, *,
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     # Its own session: a Ctrl-C in the terminal reaches only btcstream, which then stops JupyterLab
     # with SIGTERM (JupyterLab itself would answer SIGINT with a y/n prompt it cannot read).
-    process = subprocess.Popen(lab_command(port, notebook_dir), cwd=notebook_dir, env=env,
+    process = subprocess.Popen(lab_command(port, notebook_dir, host), cwd=notebook_dir, env=env,
                                stdin=subprocess.DEVNULL, start_new_session=True)
-    server = LabServer(process, port, token, notebook_dir)
+    server = LabServer(process, port, token, notebook_dir, host)
     try:
         wait_until_ready(server, ready_timeout_s)
     except BaseException:
