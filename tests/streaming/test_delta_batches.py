@@ -111,3 +111,40 @@ def test_websocket_quotes_are_told_apart_by_update_id_and_trades_by_trade_id(spa
     assert {"quote_qty", "buyer_is_maker", "first_trade_id", "last_trade_id", "date", "hour"} <= set(trades.columns)
     reasons = sorted(r.reason for r in stored(spark, writer.quarantine_url).collect())
     assert reasons == sorted(["qty not finite or <= 0", "missing or unparseable trade_time", "unparseable JSON"])
+
+
+def test_the_batch_summary_gives_the_one_minute_bars_of_its_valid_records(spark, tmp_path: Path) -> None:
+    """The partial bars counted in the batch's one summary job equal the bars computed from the stored rows."""
+    import random
+    from datetime import timedelta
+
+    import pandas as pd
+
+    from btcstream.analytics.alerts import merge_bars, minute_bars
+    from btcstream.ingest.tick import iso_utc
+    from btcstream.ingest.trade import Trade
+    from helpers.ticks import TICKS_START
+
+    rng = random.Random(9)
+    ticks = random_ticks(150)
+    trades = [Trade(symbol=rng.choice(["BTCUSDT", "ETHUSDT"]), trade_id=i, price=100.0, qty=rng.uniform(0.1, 2.0),
+                    quote_qty=1.0, trade_time=iso_utc(TICKS_START + timedelta(seconds=rng.uniform(0, 3 * 3600))),
+                    buyer_is_maker=rng.random() < 0.4, first_trade_id=i, last_trade_id=i) for i in range(200)]
+    writer = DeltaBatchWriter(raw_url=f"file://{tmp_path}/raw_data", quarantine_url=f"file://{tmp_path}/quarantine",
+                              app_id="test-bars", trades_url=f"file://{tmp_path}/trades", trades_topic="trades")
+    records = ([("ticks", t.to_json()) for t in ticks] + [("trades", t.to_json()) for t in trades]
+               + [("ticks", b"{not json"), ("trades", b"[")])
+    counts = writer(mixed_frame(spark, records), 0)
+    got = merge_bars(counts.bars)
+
+    quotes = stored(spark, writer.raw_url).toPandas()
+    trade_rows = stored(spark, f"file://{tmp_path}/trades").toPandas()
+    for frame, column in ((quotes, "event_time"), (trade_rows, "trade_time")):
+        frame[column] = pd.to_datetime(frame[column]).dt.tz_localize("UTC")
+    want = minute_bars(quotes, trade_rows)
+    assert sorted(got) == [(bar.symbol, bar.minute) for bar in want]
+    for bar in want:
+        other = got[(bar.symbol, bar.minute)]
+        assert (other.quotes, other.trades) == (bar.quotes, bar.trades)
+        assert other.metrics() == pytest.approx(bar.metrics(), rel=1e-9)
+    assert sum(bar.quotes for bar in want) == len(ticks) and sum(bar.trades for bar in want) == len(trades)

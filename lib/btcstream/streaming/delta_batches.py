@@ -23,10 +23,12 @@ Used by the job's one query (`btcstream.streaming.job`); `bench/bench_delta_batc
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
+from btcstream.analytics.alerts import MinuteBar
 from btcstream.names import QUARANTINE_PARTITION_COLUMNS, RAW_PARTITION_COLUMNS, TRADES_PARTITION_COLUMNS
 from btcstream.streaming import parse, transforms
 from btcstream.streaming.records import QUOTE, TRADE, classify_records
@@ -55,6 +57,9 @@ class BatchCounts:
     hours: tuple[tuple[str, datetime], ...] = field(default=())  # (symbol, hour start) the valid ticks and trades fall in
     trades_valid: int = 0  # valid trades read (trades topic)
     trades_inserted: int = 0  # new (symbol, trade_id) keys written to the trades table
+    # The batch's valid quotes and trades as 1-minute partial bars (btcstream.analytics.alerts), from the
+    # records as read (a record repeated inside or across batches counts in its bar each time it is read).
+    bars: tuple[MinuteBar, ...] = field(default=())
 
     @property
     def trade_duplicates(self) -> int:
@@ -102,6 +107,8 @@ class DeltaBatchWriter:
         rows = classify_records(kafka_rows, self.trades_topic).persist()
         try:
             groups = self._summary(rows, late_before)
+            bars = tuple(_minute_bar(group) for group in groups if group["valid"])
+            groups = _by_hour(groups)
             records = sum(group["records"] for group in groups)
             valid = sum(group["valid"] for group in groups if group["kind"] == QUOTE)
             trades_valid = sum(group["valid"] for group in groups if group["kind"] == TRADE)
@@ -128,24 +135,32 @@ class DeltaBatchWriter:
         finally:
             rows.unpersist()
         return BatchCounts(batch_id, records, quarantined, valid, inserted, late, newest, hours, trades_valid,
-                           trades_inserted)
+                           trades_inserted, bars)
 
     @staticmethod
     def _summary(rows: DataFrame, late_before: datetime | None) -> list:
-        """One Spark job over the batch: per kind, symbol and hour of the valid records, and one group
-        of the refused records (null keys): records, valid, late quotes, newest event/trade time."""
+        """One Spark job over the batch: per kind, symbol and minute of the valid records, and one group
+        of the refused records (null keys): records, valid, late quotes, newest event/trade time, and
+        the partial 1-minute bar aggregates (`btcstream.analytics.alerts.MinuteBar`) of the valid ones."""
         from pyspark.sql import functions as F
 
         is_valid = F.col("reason").isNull()
         moment = F.coalesce(F.col("quote.event_time"), F.col("trade.trade_time"))
         is_late = (is_valid & (F.col("kind") == QUOTE) & (F.col("quote.event_time") < F.lit(late_before))
                    if late_before is not None else F.lit(False))
+        bid, ask = F.col("quote.bid_price"), F.col("quote.ask_price")
+        mid = (bid + ask) / 2.0
+        sells = F.col("trade.buyer_is_maker")
         return (rows.groupBy(F.when(is_valid, F.col("kind")).alias("kind"),
                              F.when(is_valid, F.coalesce(F.col("quote.symbol"), F.col("trade.symbol"))).alias("symbol"),
-                             F.when(is_valid, F.date_trunc("hour", moment)).alias("window_start"))
+                             F.when(is_valid, F.date_trunc("minute", moment)).alias("minute"))
                 .agg(F.count(F.lit(1)).alias("records"), F.count_if(is_valid).alias("valid"),
                      F.count_if(is_late).alias("late"),
-                     F.max(F.when(is_valid, moment)).alias("newest"))
+                     F.max(F.when(is_valid, moment)).alias("newest"),
+                     F.sum((ask - bid) / mid * transforms.BASIS_POINTS).alias("spread_bps_sum"),
+                     F.max(mid).alias("high_mid"), F.min(mid).alias("low_mid"),
+                     F.sum(F.when(~sells, F.col("trade.qty"))).alias("buy_qty"),
+                     F.sum(F.when(sells, F.col("trade.qty"))).alias("sell_qty"))
                 .collect())
 
     def _append_quarantine(self, refused: DataFrame, batch_id: int) -> None:
@@ -223,6 +238,33 @@ class DeltaBatchWriter:
             return _rows_added_since(self.raw_url, before)
         finally:
             ticks.unpersist()
+
+
+def _minute_bar(group) -> MinuteBar:
+    """A valid group of `_summary` as a partial bar."""
+    quotes = group["valid"] if group["kind"] == QUOTE else 0
+    return MinuteBar(group["symbol"], utc(group["minute"]), quotes=quotes,
+                     spread_bps_sum=float(group["spread_bps_sum"] or 0.0),
+                     high_mid=float(group["high_mid"]) if group["high_mid"] is not None else -math.inf,
+                     low_mid=float(group["low_mid"]) if group["low_mid"] is not None else math.inf,
+                     trades=group["valid"] if group["kind"] == TRADE else 0,
+                     buy_qty=float(group["buy_qty"] or 0.0), sell_qty=float(group["sell_qty"] or 0.0))
+
+
+def _by_hour(groups: list) -> list[dict]:
+    """`_summary`'s per-minute groups summed per (kind, symbol, hour): records, valid, late, newest, window_start."""
+    hours: dict[tuple, dict] = {}
+    for group in groups:
+        start = utc(group["minute"]).replace(minute=0) if group["minute"] is not None else None
+        key = (group["kind"], group["symbol"], start)
+        into = hours.setdefault(key, {"kind": group["kind"], "symbol": group["symbol"], "window_start": start,
+                                      "records": 0, "valid": 0, "late": 0, "newest": None})
+        into["records"] += group["records"]
+        into["valid"] += group["valid"]
+        into["late"] += group["late"]
+        if group["newest"] is not None and (into["newest"] is None or group["newest"] > into["newest"]):
+            into["newest"] = group["newest"]
+    return list(hours.values())
 
 
 def quote_key(columns: list[str]):

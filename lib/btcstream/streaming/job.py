@@ -10,7 +10,11 @@ Kafka records to `IngestBatch`, which in that one batch:
 2. recomputes the (symbol, hour) rows of `<root>/hourly_metrics` the batch touched from
    raw_data and upserts them (`btcstream.streaming.hourly_upserts`): the hour in progress is a
    live row, final once the event clock is `allowed_lateness` past its end, revised (revision+1)
-   by a tick arriving after that.
+   by a tick arriving after that;
+3. when hours became final (or were revised), writes the next hour's volatility forecast of each
+   model to `<root>/forecasts` and the realized value beside earlier ones (`btcstream.streaming.forecasts`);
+4. scores the 1-minute bars whose minute completed against their trailing window and delivers the
+   alerts: `<root>/alerts`, the alerts topic, the user's alert command (`btcstream.streaming.alerts`).
 
 Exactly once: the Kafka offsets are in the checkpoint; a batch replayed after a crash writes
 nothing twice (Delta's idempotent writes keyed by the batch id, see `delta_batches`) and its
@@ -51,7 +55,9 @@ from btcstream.storage.filesystem import storage_filesystem, storage_path
 from btcstream.storage.layout import require_delta_layout
 from btcstream.storage.readers import latest_time
 from btcstream.streaming import parse, transforms
+from btcstream.streaming.alerts import AlertCounts, AlertStage
 from btcstream.streaming.delta_batches import BatchCounts, DeltaBatchWriter
+from btcstream.streaming.forecasts import ForecastCounts, ForecastStage
 from btcstream.streaming.hourly_upserts import HourlyCounts, LiveDates, upsert_hours
 from btcstream.streaming.progress import ProgressWriter
 
@@ -150,6 +156,8 @@ class IngestBatch:
         self.progress = progress
         self.event_clock: datetime | None = None  # newest event_time stored; read from the log on first use
         self.live_dates = LiveDates()  # where hourly_metrics holds live rows; read from the table on first use
+        self.forecasts = ForecastStage(settings)
+        self.alerts = AlertStage(settings)
 
     def __call__(self, kafka_rows: DataFrame, batch_id: int) -> None:
         clock = self.event_clock if self.event_clock is not None else stored_event_clock(self.settings)
@@ -162,19 +170,25 @@ class IngestBatch:
             hourly = upsert_hours(kafka_rows.sparkSession, self.paths.raw, self.paths.hourly, list(counts.hours),
                                   clock, self.allowed_lateness, self.live_dates, trades_url=self.paths.trades,
                                   grid_seconds=self.grid_seconds)
+        spark = kafka_rows.sparkSession
+        forecasts = self.forecasts(spark, hourly.finalised, hourly.revised)
+        alerts = self.alerts(spark, counts.bars, clock)
         self.event_clock = clock
-        log.debug("batch %d: %s; hourly %s", batch_id, counts, hourly)
+        log.debug("batch %d: %s; hourly %s; forecasts %s; alerts %s", batch_id, counts, hourly, forecasts, alerts)
         if self.progress is not None:
-            self.progress.note_batch(INGEST_QUERY, batch_id, batch_counts(counts, hourly))
+            self.progress.note_batch(INGEST_QUERY, batch_id, batch_counts(counts, hourly, forecasts, alerts))
 
 
-def batch_counts(counts: BatchCounts, hourly: HourlyCounts) -> dict[str, int]:
+def batch_counts(counts: BatchCounts, hourly: HourlyCounts, forecasts: ForecastCounts = ForecastCounts(),
+                 alerts: AlertCounts = AlertCounts()) -> dict[str, int]:
     """The counts of one batch under the progress document's names (`progress.BATCH_COUNTS`)."""
     return {"input_rows": counts.records, "quarantined_rows": counts.quarantined, "late_rows": counts.late,
             "inserted_rows": counts.inserted, "duplicate_rows": counts.duplicates,
             "trades_inserted": counts.trades_inserted, "trade_duplicates": counts.trade_duplicates,
             "hourly_opened": hourly.opened, "hourly_updated": hourly.updated, "hourly_revised": hourly.revised,
-            "hourly_finalised": hourly.finalised}
+            "hourly_finalised": hourly.finalised, "forecasts_written": forecasts.written,
+            "alerts_raised": alerts.raised, "alert_late_bars": alerts.late_bars,
+            "alerts_unpublished": alerts.unpublished}
 
 
 def stored_event_clock(settings: Settings) -> datetime | None:
@@ -196,7 +210,7 @@ def start_queries(spark: SparkSession, settings: Settings, *, queries: Iterable[
     if unknown:
         raise ValueError(f"unknown queries {sorted(unknown)}; expected some of {QUERY_NAMES}")
     require_delta_layout(settings)
-    for topic in (settings.topic, settings.trades_topic):
+    for topic in (settings.topic, settings.trades_topic, settings.alerts_topic):
         ensure_topic(settings, topic)  # Spark's Kafka source fails on a topic that does not exist yet
     interval = trigger_interval_s or settings.trigger_interval_s
     paths = StreamPaths.of(settings)

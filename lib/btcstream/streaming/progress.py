@@ -35,6 +35,7 @@ BATCH_COUNTS: tuple[str, ...] = (
     "input_rows", "quarantined_rows", "late_rows", "inserted_rows", "duplicate_rows",
     "trades_inserted", "trade_duplicates",
     "hourly_opened", "hourly_updated", "hourly_revised", "hourly_finalised",
+    "forecasts_written", "alerts_raised", "alert_late_bars", "alerts_unpublished",
 )
 
 
