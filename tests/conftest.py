@@ -58,7 +58,7 @@ def fresh_topic(local_stack: Settings) -> str:
 @pytest.fixture
 def test_settings(local_stack: Settings, fresh_topic: str) -> Settings:
     """Settings with a fresh topic and a fresh storage root under the session's HDFS test area."""
-    return local_stack.replace(topic=fresh_topic, trades_topic=f"{fresh_topic}-trades",
+    return local_stack.replace(topic=fresh_topic, trades_topic=f"{fresh_topic}-trades", alerts_topic=f"{fresh_topic}-alerts",
                                storage_root=local_stack.storage_url(uuid.uuid4().hex[:8]))
 
 

@@ -17,6 +17,7 @@ from deltalake import DeltaTable
 from kafka.errors import KafkaError
 
 from btcstream.clients.kafka import kafka_python_options
+from btcstream.ingest.tick import Tick
 from btcstream.settings import Settings
 from btcstream.storage import checkpoints
 
@@ -38,7 +39,10 @@ class StreamJob:
         values = {"KAFKA_BOOTSTRAP": s.kafka_bootstrap, "TOPIC": s.topic, "TRADES_TOPIC": s.trades_topic, "STORAGE_ROOT": s.storage_root,
                   "SPARK_MASTER": s.spark_master, "TRIGGER_INTERVAL_S": str(s.trigger_interval_s),
                   "ALLOWED_LATENESS": s.allowed_lateness, "MAX_OFFSETS_PER_TRIGGER": str(s.max_offsets_per_trigger),
-                  "WEBHDFS_PORT": str(s.webhdfs_port), "CACHE_DIR": str(s.cache_dir), "STATE_DIR": str(s.state_dir)}
+                  "WEBHDFS_PORT": str(s.webhdfs_port), "CACHE_DIR": str(s.cache_dir), "STATE_DIR": str(s.state_dir),
+                  "ALERTS_TOPIC": s.alerts_topic, "ALERT_WINDOW": s.alert_window, "ALERT_THRESHOLD": str(s.alert_threshold),
+                  "ALERT_COMMAND": s.alert_command or "", "FORECAST_MODELS": s.forecast_models,
+                  "FORECAST_REFIT_HOURS": str(s.forecast_refit_hours), "BIND_HOST": s.bind_host}
         env = {k: v for k, v in os.environ.items() if not k.startswith("BTCSTREAM_")}
         env.update({f"BTCSTREAM_{key}": value for key, value in values.items()})
         return env
@@ -82,6 +86,22 @@ class StreamJob:
                 pass  # checkpoint or progress file being written, or the shared broker restarting
             time.sleep(1.0)
         raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}:\n{self.log_tail()}")
+
+
+def produce(settings: Settings, records: list[Tick | bytes]) -> None:
+    """Send ticks (keyed by symbol) and raw byte values to the quote topic, in this order, and wait for the acks."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", **kafka_python_options(settings))
+    try:
+        for record in records:
+            if isinstance(record, Tick):
+                producer.send(settings.topic, key=record.symbol.encode(), value=record.to_json())
+            else:
+                producer.send(settings.topic, value=record)
+        producer.flush(timeout=30)
+    finally:
+        producer.close()
 
 
 def drained(settings: Settings, checkpoint: str = INGEST) -> Callable[[], bool]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import socket
 from dataclasses import replace
 from datetime import date, datetime, timedelta, timezone
@@ -186,7 +187,7 @@ def test_json_is_one_object_of_tables_queries_and_hourly(settings: Settings) -> 
 
     document = json.loads(status.status_report(settings, topic=TOPIC).to_json())
 
-    assert set(document) == {"tables", "queries", "hourly", "feed", "warnings"}
+    assert set(document) == {"tables", "queries", "hourly", "feed", "signals", "warnings"}
     raw = next(t for t in document["tables"] if t["name"] == RAW_DATASET)
     assert (raw["version"], raw["files"], raw["rows"]) == (0, 1, 1)
     assert datetime.fromisoformat(raw["last_commit"]).utcoffset() == timedelta(0)
@@ -333,3 +334,43 @@ def test_the_websocket_feed_counts_and_gaps_are_shown_when_a_producer_wrote_them
     assert json.loads(report.to_json())["feed"]["gaps"] == {"downtime": 1, "trade_ids": 1}
     # A producer that stopped writing long ago is not shown as running.
     assert status.feed_status(settings, now + timedelta(hours=1)).state.startswith("silent")
+
+
+def test_forecasts_per_model_and_the_latest_alerts_with_the_jobs_totals(settings: Settings) -> None:
+    from btcstream.names import ALERTS_COLUMNS, ALERTS_DATASET, FORECASTS_COLUMNS, FORECASTS_DATASET
+
+    def forecast(model: str, hour: int, value: float, realized: float | None) -> dict:
+        return {"symbol": "BTCUSDT", "model": model, "made_at": HOUR, "for_hour": HOUR + timedelta(hours=hour),
+                "value": value, "realized": realized, "updated_at": HOUR}
+
+    forecasts = [forecast("ewma", 1, 0.01, 0.02), forecast("ewma", 2, 0.01, 0.01), forecast("ewma", 3, 0.01, None),
+                 forecast("har_rv", 3, 0.02, None)]
+    types = {"symbol": pa.string(), "model": pa.string(), "metric": pa.string(), "date": pa.date32()}
+    table = pa.table({name: pa.array([row[name] for row in forecasts],
+                                     type=UTC if name in ("made_at", "for_hour", "updated_at") else types.get(name, pa.float64()))
+                      for name in FORECASTS_COLUMNS})
+    from deltalake import write_deltalake
+
+    write_deltalake(settings.storage_url(FORECASTS_DATASET), table)
+    alerts = [{"symbol": "BTCUSDT", "time": HOUR + timedelta(minutes=m), "metric": "spread_bps", "value": 40.0 + m,
+               "baseline": 1.0, "mad": 0.1, "z": 260.0, "detected_at": HOUR, "date": date(2025, 2, 14)} for m in range(7)]
+    write_deltalake(settings.storage_url(ALERTS_DATASET),
+                    pa.table({name: pa.array([row[name] for row in alerts],
+                                             type=UTC if name in ("time", "detected_at") else types.get(name, pa.float64()))
+                              for name in (*ALERTS_COLUMNS, "date")}), partition_by=["date"])
+    record_batches(settings, [{"input_rows": 5, "forecasts_written": 4, "alerts_raised": 7, "alert_late_bars": 2}])
+
+    report = status.status_report(settings, topic=TOPIC)
+    signals = report.signals
+    assert (signals.forecasts_written_total, signals.alerts_raised_total, signals.alert_late_bars_total) == (4, 7, 2)
+    ewma = next(m for m in signals.models if m["model"] == "ewma")
+    assert (ewma["forecasts"], ewma["scored"]) == (3, 2)
+    ratio = (0.02 / 0.01) ** 2  # QLIKE on variances: r/f - ln(r/f) - 1; the second forecast was exact (0)
+    assert ewma["qlike"] == pytest.approx((ratio - math.log(ratio) - 1) / 2)
+    assert [a["value"] for a in signals.recent_alerts] == [46.0, 45.0, 44.0, 43.0, 42.0]  # newest first, five
+    text = status.format_report(report)
+    assert "ewma" in text and "3 forecasts, 2 scored" in text and "7 raised since the job started" in text
+    assert "2025-02-14 10:06 UTC BTCUSDT spread_bps 46" in text
+    assert all(len(line) <= status.WIDTH for line in text.splitlines())
+    document = json.loads(report.to_json())
+    assert document["signals"]["recent_alerts"][0]["time"] == "2025-02-14T10:06:00+00:00"

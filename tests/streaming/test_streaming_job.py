@@ -30,7 +30,7 @@ from btcstream.names import HOURLY_COLUMNS
 from btcstream.storage.filesystem import storage_filesystem, storage_path
 from btcstream.streaming.progress import read_progress
 from helpers.hourly import assert_hourly_equal, independent_hourly
-from helpers.stream_job import INGEST, REPO, StreamJob, drained, read_table
+from helpers.stream_job import INGEST, REPO, StreamJob, drained, produce, read_table
 
 pytestmark = pytest.mark.integration
 
@@ -75,20 +75,6 @@ def create_topic(settings: Settings) -> None:
         admin.create_topics([NewTopic(settings.topic, num_partitions=3, replication_factor=1)])
     finally:
         admin.close()
-
-
-def produce(settings: Settings, records: list[tick.Tick | bytes]) -> None:
-    """Send ticks (keyed by symbol) and raw byte values, in this order, and wait for the acks."""
-    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", **kafka_python_options(settings))
-    try:
-        for record in records:
-            if isinstance(record, tick.Tick):
-                producer.send(settings.topic, key=record.symbol.encode(), value=record.to_json())
-            else:
-                producer.send(settings.topic, value=record)
-        producer.flush(timeout=30)
-    finally:
-        producer.close()
 
 
 def hourly_rows(settings: Settings) -> int:

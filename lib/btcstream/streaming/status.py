@@ -28,7 +28,8 @@ from typing import Any, Iterator
 from btcstream.errors import StorageReadError
 from btcstream.infra.processes import port_answers
 from btcstream.ingest.feed_status import read_feed_status
-from btcstream.names import CHECKPOINT_FOLDERS, DATASETS, HOURLY_DATASET, INGEST_QUERY, KAFKA_QUERIES, QUERY_NAMES
+from btcstream.names import (ALERTS_DATASET, CHECKPOINT_FOLDERS, DATASETS, FORECASTS_DATASET, HOURLY_DATASET,
+                             INGEST_QUERY, KAFKA_QUERIES, QUERY_NAMES)
 from btcstream.settings import Settings
 from btcstream.storage.checkpoints import committed_kafka_offsets
 from btcstream.storage.layout import require_delta_layout
@@ -112,6 +113,19 @@ class FeedStatus:
 
 
 @dataclass(frozen=True)
+class SignalsStatus:
+    """The live forecasts per model and the latest alerts (from their tables), with the job's totals since it started."""
+
+    forecasts_written_total: int = 0
+    alerts_raised_total: int = 0
+    alert_late_bars_total: int = 0  # records of minutes already scored (stored, not scored)
+    alerts_unpublished_total: int = 0  # alerts the alerts topic did not take (the table holds them)
+    # per model: model, forecasts, scored (realized known), qlike (mean, on variances), newest (for_hour)
+    models: list[dict[str, Any]] = field(default_factory=list)
+    recent_alerts: list[dict[str, Any]] = field(default_factory=list)  # newest first
+
+
+@dataclass(frozen=True)
 class StatusReport:
     """Everything `btcstream status` prints, as of one moment."""
 
@@ -120,12 +134,14 @@ class StatusReport:
     hourly: HourlyStatus
     warnings: list[str] = field(default_factory=list)
     feed: FeedStatus | None = None  # None: no WebSocket producer has run with these settings on this machine
+    signals: SignalsStatus = field(default_factory=SignalsStatus)
 
     def to_json(self) -> str:
-        """One JSON object: tables, queries, hourly, feed, warnings (times in ISO 8601, UTC)."""
+        """One JSON object: tables, queries, hourly, feed, signals, warnings (times in ISO 8601, UTC)."""
         document = {
             "tables": [_plain(t) for t in self.tables], "queries": [_plain(q) for q in self.queries],
             "hourly": _plain(self.hourly), "feed": _plain(self.feed) if self.feed else None,
+            "signals": _plain(self.signals),
             "warnings": self.warnings,
         }
         return json.dumps(document, indent=2)
@@ -156,6 +172,7 @@ def status_report(settings: Settings, now: datetime | None = None, topic: TopicE
             hourly=hourly_status(settings, _totals(documents[INGEST_QUERY])),
             warnings=[topic.problem] if topic.problem else [],
             feed=feed_status(settings, now),
+            signals=signals_status(settings, _totals(documents[INGEST_QUERY])),
         )
     except OSError as error:  # HDFS down or the root unreadable (requests' errors are OSErrors too)
         raise StorageReadError(f"cannot read the storage root {settings.storage_root} ({_first_line(error)}): "
@@ -207,6 +224,38 @@ def hourly_status(settings: Settings, totals: dict[str, Any]) -> HourlyStatus:
         opened_total=int(totals.get("hourly_opened", 0)), updated_total=int(totals.get("hourly_updated", 0)),
         revised_total=int(totals.get("hourly_revised", 0)), finalised_total=int(totals.get("hourly_finalised", 0)),
     )
+
+
+RECENT_ALERTS = 5
+# QLIKE of a volatility forecast v against the realized volatility r, on variances (btcstream.analytics.evaluation):
+# r^2 / v^2 - ln(r^2 / v^2) - 1.
+_FORECASTS_SQL = (
+    "SELECT model, count(*) AS forecasts, count(realized) AS scored, "
+    "avg(CASE WHEN realized > 0 AND value > 0 THEN (realized * realized) / (value * value) "
+    "- ln((realized * realized) / (value * value)) - 1 END) AS qlike, max(for_hour) AS newest "
+    "FROM forecasts GROUP BY model ORDER BY model")
+_ALERTS_SQL = (f"SELECT symbol, time, metric, value, baseline, z FROM alerts ORDER BY time DESC, symbol, metric "
+               f"LIMIT {RECENT_ALERTS}")
+
+
+def signals_status(settings: Settings, totals: dict[str, Any]) -> SignalsStatus:
+    """Forecasts per model and the latest alerts, read with DataFusion in delta-rs (only the needed columns)."""
+    from deltalake import DeltaTable, QueryBuilder
+
+    def query(dataset: str, sql: str) -> list[dict[str, Any]]:
+        url = settings.storage_url(dataset)
+        if not DeltaTable.is_deltatable(url):
+            return []
+        table = QueryBuilder().register(dataset, DeltaTable(url)).execute(sql).read_all()
+        columns = {name: table.column(name).to_pylist() for name in table.column_names}
+        return [dict(zip(columns, values)) for values in zip(*columns.values())]
+
+    return SignalsStatus(
+        forecasts_written_total=int(totals.get("forecasts_written", 0)),
+        alerts_raised_total=int(totals.get("alerts_raised", 0)),
+        alert_late_bars_total=int(totals.get("alert_late_bars", 0)),
+        alerts_unpublished_total=int(totals.get("alerts_unpublished", 0)),
+        models=query(FORECASTS_DATASET, _FORECASTS_SQL), recent_alerts=query(ALERTS_DATASET, _ALERTS_SQL))
 
 
 def query_status(settings: Settings, name: str, document: dict[str, Any] | None, topic: TopicEnds,
@@ -312,7 +361,40 @@ def format_report(report: StatusReport) -> str:
     blocks = [format_tables(report.tables), format_queries(report.queries), format_hourly(report.hourly)]
     if report.feed is not None:
         blocks.append(format_feed(report.feed))
+    blocks.append(format_signals(report.signals))
     return "\n\n".join(blocks)
+
+
+def format_signals(signals: SignalsStatus) -> str:
+    """Forecasts per model (count, scored, mean QLIKE, newest hour), then the alerts: totals and the latest."""
+    lines = [f"forecasts: {signals.forecasts_written_total:,} written since the job started"]
+    if not signals.models:
+        lines[0] += "; no forecasts table yet"
+    for model in signals.models:
+        newest = _moment(model.get("newest"))
+        qlike = model.get("qlike")
+        lines.append(_clip(f"  {model['model']:18} {int(model['forecasts']):>8,} forecasts, {int(model['scored']):,} "
+                           f"scored, mean QLIKE {_number(qlike, 4) if qlike is not None else '-'}, "
+                           f"newest for {newest}"))
+    lines.append(f"alerts: {signals.alerts_raised_total:,} raised since the job started "
+                 f"({signals.alerts_unpublished_total:,} not published to the topic, "
+                 f"{signals.alert_late_bars_total:,} late bars not scored)")
+    for alert in signals.recent_alerts:
+        lines.append(_clip(f"  {_moment(alert.get('time'))} {alert['symbol']} {alert['metric']} "
+                           f"{alert['value']:.4g} (baseline {alert['baseline']:.4g}, z {alert['z']:+.1f})"))
+    if not signals.recent_alerts:
+        lines.append("  none")
+    return "\n".join(lines)
+
+
+def _moment(value: Any) -> str:
+    """A timestamp from a DataFusion result as 'YYYY-MM-DD HH:MM UTC' ('-' when missing)."""
+    if value is None:
+        return "-"
+    if isinstance(value, datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return f"{moment.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC"
+    return str(value)
 
 
 def format_feed(feed: FeedStatus) -> str:
@@ -434,5 +516,15 @@ def _clip(line: str) -> str:
 
 def _plain(record: Any) -> dict[str, Any]:
     """A status dataclass as JSON-ready values (datetimes as ISO 8601)."""
-    return {key: value.isoformat() if isinstance(value, datetime) else value
-            for key, value in record.__dict__.items()}
+    return {key: _jsonable(value) for key, value in record.__dict__.items()}
+
+
+def _jsonable(value: Any) -> Any:
+    """Datetimes as ISO 8601 (naive ones taken as UTC), inside lists and dicts too."""
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).isoformat()
+    if isinstance(value, list):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    return value
