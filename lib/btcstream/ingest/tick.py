@@ -25,7 +25,8 @@ Example of the JSON on the topic (key = symbol, UTF-8):
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+import math
+from dataclasses import MISSING, asdict, dataclass, fields
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -74,10 +75,54 @@ class Tick:
 
     @classmethod
     def from_json(cls, value: bytes | str) -> "Tick":
-        """Parse a value written by `to_json` (unknown keys are ignored, for forward compatibility)."""
-        data: dict[str, Any] = json.loads(value)
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        """Parse a value written by `to_json` (unknown keys are ignored, for forward compatibility).
+
+        Raises `ValueError` (one line) for anything else: not UTF-8, not JSON, not an object, a
+        required field missing, a field of the wrong type, NaN/Infinity or a number beyond a float.
+        """
+        return cls(**record_fields(cls, value))
+
+
+def _json_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number a record may hold")  # to_json never writes NaN/Infinity
+
+
+def _typed(name: str, value: Any, annotation: str) -> Any:
+    """`value` checked against a field's annotation ("float | None", "int", "str", "bool"); ints become floats."""
+    if value is None:
+        if "None" in annotation:
+            return None
+        raise ValueError(f"field {name} is null")
+    kind = annotation.split("|")[0].strip()
+    if kind == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)  # OverflowError for an integer beyond a float (10**400)
+        if math.isfinite(number):
+            return number
+    elif kind == "int" and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    elif (kind, type(value)) in (("bool", bool), ("str", str)):
+        return value
+    raise ValueError(f"field {name} is {type(value).__name__} {str(value)[:40]!r}, expected {kind}")
+
+
+def record_fields(cls: type, value: bytes | str) -> dict[str, Any]:
+    """The fields of dataclass `cls` in the JSON object `value`, type-checked (see `Tick.from_json`)."""
+    try:
+        data = json.loads(value, parse_constant=_json_constant)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+    checked = {}
+    for spec in fields(cls):
+        if spec.name in data:
+            try:
+                checked[spec.name] = _typed(spec.name, data[spec.name], str(spec.type))
+            except OverflowError:
+                raise ValueError(f"field {spec.name} is beyond a float") from None
+        elif spec.default is MISSING:
+            raise ValueError(f"field {spec.name} is missing")
+    return checked
 
 
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Tick))

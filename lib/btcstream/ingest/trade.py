@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from btcstream.ingest.tick import record_fields
 
 if TYPE_CHECKING:
     from pyspark.sql.types import StructType
@@ -56,10 +58,11 @@ class Trade:
 
     @classmethod
     def from_json(cls, value: bytes | str) -> "Trade":
-        """Parse a value written by `to_json` (unknown keys are ignored, for forward compatibility)."""
-        data: dict[str, Any] = json.loads(value)
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        """Parse a value written by `to_json` (unknown keys are ignored, for forward compatibility).
+
+        Raises `ValueError` (one line) for anything else, as `Tick.from_json` does.
+        """
+        return cls(**record_fields(cls, value))
 
 
 TRADE_FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Trade))

@@ -12,9 +12,10 @@ the schema of its topic, and gives each row:
   record's coordinates (topic, partition, offset, kafka_timestamp).
 
 A trade is refused when its value is not a JSON object of the trade schema, its schema version is
-unknown, its symbol, trade id, trade time or side is missing/unparseable, or its price or quantity
-is missing, not finite or <= 0. Not for: deduplication (`delta_batches` does it against the stored
-rows).
+unknown, its symbol, trade id, trade time or side is missing/unparseable, its symbol is not
+letters and digits, its price or quantity is missing, not finite or <= 0, its price is above
+`parse.MAX_PRICE`, or its quote_qty is not finite or < 0. Not for: deduplication (`delta_batches`
+does it against the stored rows).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ BAD_TRADE_TIME = "missing or unparseable trade_time"
 MISSING_SIDE = "missing buyer_is_maker"
 BAD_TRADE_PRICE = "price not finite or <= 0"
 BAD_TRADE_QTY = "qty not finite or <= 0"
+BAD_QUOTE_QTY = "quote_qty not finite or < 0"
 
 
 def _trade_json_schema():
@@ -47,13 +49,17 @@ def _trade_reason(parsed: Column, trade_time: Column) -> Column:
         (parsed["schema_version"].isNull()
          | ~parsed["schema_version"].isin(*sorted(trade.SUPPORTED_TRADE_SCHEMA_VERSIONS)), parse.UNKNOWN_SCHEMA_VERSION),
         (parsed["symbol"].isNull() | (F.trim(parsed["symbol"]) == ""), parse.MISSING_SYMBOL),
+        (parse.bad_symbol(parsed["symbol"]), parse.BAD_SYMBOL),
         (parsed["trade_id"].isNull() | (parsed["trade_id"] < 0), BAD_TRADE_ID),
         (trade_time.isNull(), BAD_TRADE_TIME),
         (parsed["buyer_is_maker"].isNull(), MISSING_SIDE),
         (parsed["price"].isNull() | F.isnan(parsed["price"]) | parsed["price"].isin(float("inf"))
          | (parsed["price"] <= 0), BAD_TRADE_PRICE),
+        (parsed["price"] > parse.MAX_PRICE, parse.PRICE_TOO_LARGE),
         (parsed["qty"].isNull() | F.isnan(parsed["qty"]) | parsed["qty"].isin(float("inf"))
          | (parsed["qty"] <= 0), BAD_TRADE_QTY),
+        (parsed["quote_qty"].isNotNull() & (parse._not_finite(parsed["quote_qty"]) | (parsed["quote_qty"] < 0)),
+         BAD_QUOTE_QTY),
     ]
     reason = F.when(checks[0][0], F.lit(checks[0][1]))
     for condition, text in checks[1:]:

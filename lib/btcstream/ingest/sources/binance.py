@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterable
@@ -113,6 +114,8 @@ def parse_agg_trade(item: Any, symbol: str) -> AggTrade | None:
     maker = item.get("m")
     if trade_id is None or first is None or last is None or price is None or qty is None or trade_time is None \
             or not isinstance(maker, bool):
+        return None
+    if not math.isfinite(price * qty):  # the record's quote_qty would be Infinity, which JSON cannot carry
         return None
     return AggTrade(symbol=symbol.upper(), trade_id=trade_id, price=price, qty=qty, first_trade_id=first,
                     last_trade_id=last, trade_time=trade_time, buyer_is_maker=maker)

@@ -543,7 +543,7 @@ class StreamConnection:
     def _on_frame(self, link: _Link, frame: str | bytes, received_monotonic: float, received_wall: float) -> None:
         try:
             payload = json.loads(frame)
-        except ValueError:
+        except (ValueError, RecursionError):  # invalid UTF-8: ValueError; `[[[[...` too deep: RecursionError
             self.sink.on_malformed("not_json")
             return
         if not isinstance(payload, dict):

@@ -18,15 +18,20 @@ def as_float(value: Any) -> float | None:
         return None
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond any float (10**400)
         return None
     return number if math.isfinite(number) else None
 
 
 def as_utc_from_ms(value: Any) -> datetime | None:
-    """Epoch milliseconds (a JSON integer) as an aware UTC datetime, else None."""
+    """Epoch milliseconds (a JSON integer) as an aware UTC datetime, else None (also outside years 1..9999)."""
     number = as_float(value)
-    return None if number is None else utc_from_ms(number)
+    if number is None:
+        return None
+    try:
+        return utc_from_ms(number)
+    except (OverflowError, ValueError, OSError):  # beyond the platform's time_t or datetime's years
+        return None
 
 
 def as_utc_from_iso(value: Any) -> datetime | None:
@@ -40,4 +45,9 @@ def as_utc_from_iso(value: Any) -> datetime | None:
         moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError:
         return None
-    return None if moment.tzinfo is None else moment.astimezone(timezone.utc)
+    if moment.tzinfo is None:
+        return None
+    try:
+        return moment.astimezone(timezone.utc)
+    except OverflowError:  # "0001-01-01T00:00+01:00" is before year 1 in UTC
+        return None

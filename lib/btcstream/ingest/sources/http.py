@@ -128,7 +128,7 @@ class JsonHttpClient:
                 raise BadResponse(self.host, path, f"HTTP {status} rejected the request: {_excerpt(response.text)}")
             try:
                 data = response.json()
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than the decoder's stack
                 kind = response.headers.get("Content-Type", "no content type")
                 raise BadResponse(self.host, path, f"HTTP {status} body is not JSON ({kind}): {_excerpt(response.text)}") from None
             return ApiResponse(data=data, headers=response.headers, status=status)  # case-insensitive
