@@ -17,8 +17,9 @@ from btcstream.storage.filesystem import storage_filesystem, storage_path
 _BATCH_FILE = re.compile(r"^\d+$")
 
 
-def committed_kafka_offsets(settings: Settings, checkpoint_folder: str) -> dict[int, int] | None:
-    """Per partition, the next offset after the last committed batch of a Kafka-reading checkpoint."""
+def committed_kafka_offsets(settings: Settings, checkpoint_folder: str, topic: str | None = None) -> dict[int, int] | None:
+    """Per partition of `topic` (default the quote topic), the next offset after the last committed batch
+    of a Kafka-reading checkpoint."""
     fs = storage_filesystem(settings)
     checkpoint = storage_path(settings, CHECKPOINTS_DIR, checkpoint_folder)
     commits = _batch_ids(fs, f"{checkpoint}/commits")
@@ -27,7 +28,7 @@ def committed_kafka_offsets(settings: Settings, checkpoint_folder: str) -> dict[
     with fs.open(f"{checkpoint}/offsets/{max(commits)}", "rb") as handle:
         lines = handle.read().decode().splitlines()
     # Offset log: "v1", the batch metadata (watermark, conf), then one line per source.
-    offsets = json.loads(lines[2]).get(settings.topic, {})
+    offsets = json.loads(lines[2]).get(topic or settings.topic, {})
     return {int(partition): int(offset) for partition, offset in offsets.items()}
 
 

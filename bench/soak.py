@@ -1,0 +1,353 @@
+"""Soak run: the whole pipeline at a steady rate for hours; every minute, each process's memory and files.
+
+What runs (all real, on a stack of its own so a running `btcstream infra up` stack is never touched):
+Kafka + HDFS started by `btcstream.infra.stack` on other ports (`--kafka-port`, `--hdfs-port`) under a
+state directory of its own; the replay exchange (`btcstream exchange`, real-time speed, `--symbols`
+symbols, BTCUSDT real and the others derived from it, `--quotes-per-second` book updates and
+`--trades-per-second` trades per symbol per second); the producer (`btcstream produce --source replay
+--feed websocket`); the streaming job (`btcstream stream`). Each is its own process.
+
+Every `--sample-seconds` (60) it records, per process (broker, hdfs, job driver = the `btcstream
+stream` Python process plus its JVM, producer): resident memory (RSS) and open file descriptors; and
+the job's Kafka lag (topic end offsets - the checkpoint's committed offsets, both topics), its last
+batch duration (the progress document) and the number of files under the storage root (WebHDFS).
+
+Verdict (exit 1 when any fails), over the samples after `--warm-up-minutes`:
+- memory and descriptors do not keep growing: least-squares slope x post-warm-up duration stays
+  under max(GROWTH_FRACTION x median, GROWTH_FLOOR) for each process, or the last third's median is
+  not above the first third's by that much (a one-off step is not a leak; a trend is);
+- lag returns to near zero: after the producer stops, the lag drains to <= LAG_NEAR_ZERO within
+  `--drain-minutes`, and no third of the run has a minimum lag above the messages of one minute.
+
+Results: bench/results/soak.md (the table), bench/results/soak_samples.csv, bench/results/soak.html
+(plotly chart). Run: `python bench/soak.py [--minutes 120]` (heavy: a quiet machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the derived-symbol histories the WebSocket benchmarks use
+from helpers.replay_exchange import symbol_histories  # noqa: E402
+
+from btcstream.infra import stack  # noqa: E402
+from btcstream.infra.hdfs import Hdfs  # noqa: E402
+from btcstream.infra.kafka import KafkaBroker  # noqa: E402
+from btcstream.settings import Settings, load_settings  # noqa: E402
+from btcstream.storage.checkpoints import committed_kafka_offsets  # noqa: E402
+from btcstream.streaming.progress import read_progress  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+GROWTH_FRACTION, GROWTH_FLOOR = {"rss_mib": 0.10, "fds": 0.20}, {"rss_mib": 64.0, "fds": 20.0}
+LAG_NEAR_ZERO = 1_000  # records
+PROCESSES = ("broker", "hdfs", "job_driver", "producer")
+log = logging.getLogger("soak")
+
+
+@dataclass
+class Sample:
+    """One minute's readings."""
+
+    at: float  # seconds since the start
+    rss_mib: dict[str, float] = field(default_factory=dict)
+    fds: dict[str, int] = field(default_factory=dict)
+    lag: int | None = None
+    batch_ms: float | None = None
+    hdfs_files: int | None = None
+
+
+def soak_settings(args: argparse.Namespace, state: Path) -> Settings:
+    """Settings of the soak's own stack: other ports, its own state dir, topics and storage root."""
+    return load_settings(env={}).replace(
+        kafka_bootstrap=f"localhost:{args.kafka_port}", storage_root=f"hdfs://localhost:{args.hdfs_port}/soak",
+        webhdfs_port=args.webhdfs_port, state_dir=state, topic="soak-ticks", trades_topic="soak-trades",
+        alerts_topic="soak-alerts", trigger_interval_s=args.trigger_seconds, spark_master="local[2]",
+        ws_max_quotes_hz=max(10.0, args.quotes_per_second))
+
+
+def environment(settings: Settings, exchange_ports: tuple[int, int, int], symbols: list[str]) -> dict[str, str]:
+    """The environment of the producer and the job: the soak's settings, the local exchange's URLs."""
+    http, coingecko, ws = exchange_ports
+    values = {"KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "STORAGE_ROOT": settings.storage_root,
+              "WEBHDFS_PORT": str(settings.webhdfs_port), "STATE_DIR": str(settings.state_dir),
+              "TOPIC": settings.topic, "TRADES_TOPIC": settings.trades_topic, "ALERTS_TOPIC": settings.alerts_topic,
+              "TRIGGER_INTERVAL_S": str(settings.trigger_interval_s), "SPARK_MASTER": settings.spark_master,
+              "SYMBOLS": ",".join(symbols), "WS_MAX_QUOTES_HZ": str(settings.ws_max_quotes_hz),
+              "BINANCE_URL": f"http://127.0.0.1:{http}", "COINGECKO_URL": f"http://127.0.0.1:{coingecko}/api/v3",
+              "BINANCE_WS_URL": f"ws://127.0.0.1:{ws}"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BTCSTREAM_")}
+    env.update({f"BTCSTREAM_{key}": value for key, value in values.items()})
+    return env
+
+
+def start(command: list[str], env: dict[str, str], log_file: Path) -> subprocess.Popen:
+    """A btcstream command in its own process group, output to `log_file`."""
+    with open(log_file, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "btcstream", *command], env=env, cwd=ROOT, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(process: subprocess.Popen | None, timeout: float = 120.0) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+
+
+def memory_and_files(pid: int | None, with_children: bool = False) -> tuple[float, int] | None:
+    """(RSS in MiB, open descriptors) of a process (and its children: the job's JVM), None when gone."""
+    if pid is None:
+        return None
+    try:
+        parent = psutil.Process(pid)
+        procs = [parent, *(parent.children(recursive=True) if with_children else [])]
+        return (sum(p.memory_info().rss for p in procs) / 2**20, sum(p.num_fds() for p in procs))
+    except psutil.Error:
+        return None
+
+
+def kafka_lag(settings: Settings) -> int | None:
+    """Records in both topics that the job's checkpoint has not committed yet."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    from btcstream.clients.kafka import kafka_python_options
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, **kafka_python_options(settings))
+    try:
+        lag = 0
+        for topic in (settings.topic, settings.trades_topic):
+            parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+            ends = consumer.end_offsets(parts) if parts else {}
+            committed = committed_kafka_offsets(settings, "ingest", topic) or {}
+            lag += sum(max(0, end - committed.get(tp.partition, 0)) for tp, end in ends.items())
+        return lag
+    except Exception as error:  # noqa: BLE001 - a sample without lag, said so in the log
+        log.warning("lag unknown: %s", error)
+        return None
+    finally:
+        consumer.close()
+
+
+def hdfs_files(settings: Settings) -> int | None:
+    """Files under the storage root (WebHDFS GETCONTENTSUMMARY)."""
+    url = f"http://localhost:{settings.webhdfs_port}/webhdfs/v1{settings.storage_path}?op=GETCONTENTSUMMARY&user.name=btcstream"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return int(json.load(response)["ContentSummary"]["fileCount"])
+    except Exception as error:  # noqa: BLE001
+        log.warning("HDFS file count unknown: %s", error)
+        return None
+
+
+def last_batch_ms(settings: Settings) -> float | None:
+    document = read_progress(settings, "btcstream_ingest") or {}
+    history = document.get("history") or []
+    duration = history[-1].get("duration_ms") if history else None
+    return float(duration) if duration is not None else None
+
+
+def take_sample(settings: Settings, started: float, pids: dict[str, int | None]) -> Sample:
+    sample = Sample(at=time.monotonic() - started)
+    for name, pid in pids.items():
+        reading = memory_and_files(pid, with_children=name == "job_driver")
+        if reading is not None:
+            sample.rss_mib[name], sample.fds[name] = reading
+    sample.lag, sample.batch_ms, sample.hdfs_files = kafka_lag(settings), last_batch_ms(settings), hdfs_files(settings)
+    return sample
+
+
+def growth(times_h: np.ndarray, values: np.ndarray) -> tuple[float, float]:
+    """(least-squares growth over the span, last third's median - first third's median)."""
+    slope = float(np.polyfit(times_h, values, 1)[0]) if len(values) >= 3 else 0.0
+    third = max(1, len(values) // 3)
+    return slope * float(times_h[-1] - times_h[0]), float(np.median(values[-third:]) - np.median(values[:third]))
+
+
+def verdict(samples: list[Sample], warm_up_s: float, messages_per_minute: float,
+            drained_lag: int | None) -> tuple[list[str], list[str]]:
+    """(lines of the growth table, failures)."""
+    after = [s for s in samples if s.at >= warm_up_s]
+    lines, failures = [], []
+    for metric in ("rss_mib", "fds"):
+        for name in PROCESSES:
+            points = [(s.at / 3600, getattr(s, metric)[name]) for s in after if name in getattr(s, metric)]
+            if len(points) < 3:
+                lines.append(f"| {name} | {metric} | - | - | - | too few samples |")
+                continue
+            times, values = np.array([p[0] for p in points]), np.array([p[1] for p in points], dtype=float)
+            trend, step = growth(times, values)
+            limit = max(GROWTH_FRACTION[metric] * float(np.median(values)), GROWTH_FLOOR[metric])
+            grows = trend > limit and step > limit
+            lines.append(f"| {name} | {metric} | {values[0]:,.0f} | {values[-1]:,.0f} | {trend:+,.1f} "
+                         f"(limit {limit:,.0f}) | {'KEEPS GROWING' if grows else 'flat'} |")
+            if grows:
+                failures.append(f"{name} {metric} keeps growing: {trend:+,.1f} over the run after warm-up")
+    lags = [s.lag for s in after if s.lag is not None]
+    if lags:
+        third = max(1, len(lags) // 3)
+        for index in range(0, len(lags), third):
+            if min(lags[index:index + third]) > messages_per_minute:
+                failures.append(f"lag stayed above {messages_per_minute:,.0f} (a minute of messages) for a third of the run")
+                break
+    if drained_lag is None or drained_lag > LAG_NEAR_ZERO:
+        failures.append(f"lag did not drain to <= {LAG_NEAR_ZERO:,} after the producer stopped (last: {drained_lag})")
+    return lines, failures
+
+
+def write_results(args: argparse.Namespace, samples: list[Sample], lines: list[str], failures: list[str],
+                  drained_lag: int | None, rate: float) -> str:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS / "soak_samples.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["minute", *(f"{n}_rss_mib" for n in PROCESSES), *(f"{n}_fds" for n in PROCESSES),
+                         "lag", "batch_ms", "hdfs_files"])
+        for s in samples:
+            writer.writerow([f"{s.at / 60:.1f}", *(f"{s.rss_mib.get(n, float('nan')):.1f}" for n in PROCESSES),
+                             *(s.fds.get(n, "") for n in PROCESSES), s.lag, s.batch_ms, s.hdfs_files])
+    at_ten = min(samples, key=lambda s: abs(s.at - 600)) if samples else None
+    last = samples[-1] if samples else None
+    rows = [f"| {n} | {at_ten.rss_mib.get(n, float('nan')):,.0f} MiB, {at_ten.fds.get(n, '-')} fds | "
+            f"{last.rss_mib.get(n, float('nan')):,.0f} MiB, {last.fds.get(n, '-')} fds |"
+            for n in PROCESSES] if at_ten and last else []
+    lags = [s.lag for s in samples if s.lag is not None]
+    batches = [s.batch_ms for s in samples if s.batch_ms is not None]
+    files = [s.hdfs_files for s in samples if s.hdfs_files is not None]
+    text = "\n".join([
+        f"# Soak run: {args.minutes:g} minutes at a steady rate", "",
+        f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, `python bench/soak.py --minutes {args.minutes:g}`: "
+        f"{args.symbols} symbols x ({args.quotes_per_second:g} book updates + {args.trades_per_second:g} trades) per "
+        f"second from the replay exchange's WebSocket streams (~{rate:,.0f} messages/s), the producer, Kafka, the job "
+        f"(`local[2]`, {args.trigger_seconds:g} s trigger), HDFS; a sample every {args.sample_seconds:g} s; warm-up "
+        f"{args.warm_up_minutes:g} min. {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.1f} GiB.", "",
+        "| process | at 10 min | at the end |", "|---|---|---|", *rows, "",
+        "| process | metric | first after warm-up | last | least-squares growth after warm-up | verdict |",
+        "|---|---|---|---|---|---|", *lines, "",
+        f"Kafka lag (records): median {statistics.median(lags) if lags else '-'}, max {max(lags) if lags else '-'}; "
+        f"after the producer stopped: {drained_lag}.",
+        f"Batch duration: median {statistics.median(batches) if batches else '-'} ms, "
+        f"max {max(batches) if batches else '-'} ms. Files under the root: {files[0] if files else '-'} -> "
+        f"{files[-1] if files else '-'}.", "",
+        "Verdict: " + ("PASS" if not failures else "FAIL: " + "; ".join(failures)), "",
+        "Samples: soak_samples.csv; chart: soak.html.", ""])
+    (RESULTS / "soak.md").write_text(text)
+    chart(samples)
+    return text
+
+
+def chart(samples: list[Sample]) -> None:
+    """bench/results/soak.html: RSS, descriptors, lag, batch duration and HDFS files over the run."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    minutes = [s.at / 60 for s in samples]
+    figure = make_subplots(rows=5, cols=1, shared_xaxes=True, subplot_titles=(
+        "RSS (MiB)", "open descriptors", "Kafka lag (records)", "batch duration (ms)", "files under the root"))
+    for name in PROCESSES:
+        figure.add_trace(go.Scatter(x=minutes, y=[s.rss_mib.get(name) for s in samples], name=f"{name} RSS"), 1, 1)
+        figure.add_trace(go.Scatter(x=minutes, y=[s.fds.get(name) for s in samples], name=f"{name} fds"), 2, 1)
+    figure.add_trace(go.Scatter(x=minutes, y=[s.lag for s in samples], name="lag"), 3, 1)
+    figure.add_trace(go.Scatter(x=minutes, y=[s.batch_ms for s in samples], name="batch ms"), 4, 1)
+    figure.add_trace(go.Scatter(x=minutes, y=[s.hdfs_files for s in samples], name="files"), 5, 1)
+    figure.update_xaxes(title_text="minutes", row=5, col=1)
+    figure.update_layout(height=1400, title="btcstream soak run")
+    figure.write_html(RESULTS / "soak.html", include_plotlyjs=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=120.0)
+    parser.add_argument("--warm-up-minutes", type=float, default=10.0)
+    parser.add_argument("--drain-minutes", type=float, default=5.0)
+    parser.add_argument("--sample-seconds", type=float, default=60.0)
+    parser.add_argument("--symbols", type=int, default=5)
+    parser.add_argument("--quotes-per-second", type=float, default=20.0, help="book updates per symbol per second")
+    parser.add_argument("--trades-per-second", type=float, default=20.0, help="trades per symbol per second")
+    parser.add_argument("--trigger-seconds", type=float, default=10.0)
+    parser.add_argument("--kafka-port", type=int, default=20092)
+    parser.add_argument("--hdfs-port", type=int, default=20000)
+    parser.add_argument("--webhdfs-port", type=int, default=20870)
+    parser.add_argument("--exchange-ports", type=int, nargs=3, default=(20080, 20081, 20082), metavar=("HTTP", "COINGECKO", "WS"))
+    parser.add_argument("--keep-state", action="store_true", help="leave the soak's state dir (logs, HDFS data) behind")
+    args = parser.parse_args()
+    state = Path(tempfile.mkdtemp(prefix="btcstream-soak-"))
+    settings = soak_settings(args, state)
+    histories = symbol_histories(state, args.symbols)
+    env = environment(settings, tuple(args.exchange_ports), list(histories))
+    rate = args.symbols * (args.quotes_per_second + args.trades_per_second + 1)
+    processes: dict[str, subprocess.Popen | None] = {"exchange": None, "producer": None, "job": None}
+    samples: list[Sample] = []
+    drained_lag: int | None = None
+    finished = False
+    log.info("soak: %g minutes, ~%.0f messages/s, state in %s", args.minutes, rate, state)
+    try:
+        for line in stack.up(settings):
+            log.info(line)
+        http, coingecko, ws = args.exchange_ports
+        processes["exchange"] = start(
+            ["exchange", "--speed", "1", "--port", str(http), "--coingecko-port", str(coingecko), "--ws-port", str(ws),
+             "--ws-quotes-per-second", str(args.quotes_per_second), "--ws-trades-per-second", str(args.trades_per_second),
+             *(arg for symbol, path in histories.items() for arg in ("--history", f"{symbol}={path}"))],
+            env, state / "exchange.log")
+        time.sleep(5.0)
+        processes["job"] = start(["stream"], env, state / "stream.log")
+        processes["producer"] = start(["produce", "--source", "replay", "--feed", "websocket"], env, state / "produce.log")
+        started = time.monotonic()
+        pids = {"broker": KafkaBroker(settings).pid(), "hdfs": Hdfs(settings).pid(),
+                "job_driver": processes["job"].pid, "producer": processes["producer"].pid}
+        while time.monotonic() - started < args.minutes * 60:
+            time.sleep(args.sample_seconds)
+            for name in ("exchange", "job", "producer"):
+                if processes[name].poll() is not None:
+                    raise RuntimeError(f"the {name} exited ({processes[name].returncode}): see {state}/{name}.log")
+            samples.append(take_sample(settings, started, pids))
+            last = samples[-1]
+            log.info("minute %.0f: rss %s, lag %s, batch %s ms, files %s", last.at / 60,
+                     {k: round(v) for k, v in last.rss_mib.items()}, last.lag, last.batch_ms, last.hdfs_files)
+        stop(processes["producer"])
+        deadline = time.monotonic() + args.drain_minutes * 60
+        while time.monotonic() < deadline:
+            drained_lag = kafka_lag(settings)
+            if drained_lag is not None and drained_lag <= LAG_NEAR_ZERO:
+                break
+            time.sleep(10)
+        finished = True
+    finally:
+        for name in ("producer", "job", "exchange"):
+            stop(processes[name])
+        for line in stack.down(settings):
+            log.info(line)
+        if finished and not args.keep_state:
+            shutil.rmtree(state, ignore_errors=True)
+        else:
+            log.info("logs and data left in %s", state)
+    lines, failures = verdict(samples, args.warm_up_minutes * 60, rate * 60, drained_lag)
+    print(write_results(args, samples, lines, failures, drained_lag, rate))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.exit(main())
