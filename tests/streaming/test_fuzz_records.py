@@ -105,9 +105,12 @@ def test_every_fuzzed_record_is_one_valid_row_or_one_refused_row_with_a_reason(s
     for offset, (topic, value) in enumerate(rows):
         row = by_offset[offset]
         assert row.kind == (records.TRADE if topic == TRADES_TOPIC else records.QUOTE)
-        if row.reason is None:
-            assert (row.quote is None) != (row.trade is None)
-            check_valid_quote(row.quote) if row.kind == records.QUOTE else check_valid_trade(row.trade)
+        if row.reason is None and row.kind == records.QUOTE:
+            assert row.trade is None and row.value is None
+            check_valid_quote(row.quote)
+        elif row.reason is None:
+            assert row.quote is None and row.value is None
+            check_valid_trade(row.trade)
         else:
             assert row.quote is None and row.trade is None and row.value == value  # the bytes, for the quarantine
     assert {offset for offset in bad_prices if by_offset[offset].reason is None} == set()
@@ -119,6 +122,8 @@ def test_every_fuzzed_record_is_one_valid_row_or_one_refused_row_with_a_reason(s
     quotes = kafka.where(kafka.topic == QUOTES_TOPIC)
     valid, quarantined = parse.split(quotes)
     quote_rows = [row for row in classified if row.kind == records.QUOTE]
-    assert valid.count() == sum(row.reason is None for row in quote_rows)
-    assert quarantined.where("reason is null").count() == 0
-    assert valid.count() + quarantined.count() == len(quote_rows)
+    refused_reasons = [row.reason for row in quarantined.select("reason").collect()]
+    assert None not in refused_reasons
+    valid_count = valid.count()
+    assert valid_count == sum(row.reason is None for row in quote_rows)
+    assert valid_count + len(refused_reasons) == len(quote_rows)
