@@ -29,7 +29,7 @@ COMPOSE_FILE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "docker" / "Dockerfile"
 BTCSTREAM_SERVICES = ("spark-worker", "producer", "stream", "jupyter")
 LONG_RUNNING = ("kafka", "namenode", "datanode", "spark-master", "spark-worker", "jupyter")
-STORAGE_LAYOUT = ("raw_data", "hourly_metrics", "checkpoints", "quarantine", "trades", "klines")
+STORAGE_LAYOUT = ("raw_data", "hourly_metrics", "checkpoints", "quarantine", "trades", "klines", "forecasts", "alerts")
 
 
 def compose_command() -> list[str] | None:
