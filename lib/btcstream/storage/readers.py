@@ -1,4 +1,5 @@
-"""Read the Delta tables (raw_data, hourly_metrics, quarantine) into pandas, for a time range and symbols.
+"""Read the Delta tables into pandas, for a time range and symbols: raw_data, hourly_metrics, quarantine,
+trades, and the job's live forecasts and alerts.
 
 The tables are read through `deltalake` (delta-rs): it replays the Delta log, so only the files of
 one table version are ever read (never a half-written file, nor one an OPTIMIZE replaced), and it
@@ -31,7 +32,12 @@ from btcstream.errors import StorageReadError
 from btcstream.ingest.tick import FIELD_NAMES
 from btcstream.ingest.trade import TRADE_FIELD_NAMES
 from btcstream.names import (
+    ALERTS_COLUMNS,
+    ALERTS_DATASET,
+    ALERTS_PARTITION_COLUMNS,
     DATASETS,
+    FORECASTS_COLUMNS,
+    FORECASTS_DATASET,
     HOURLY_COLUMNS,
     HOURLY_DATASET,
     HOURLY_LIFECYCLE_COLUMNS,
@@ -65,6 +71,16 @@ RAW_COLUMNS: tuple[str, ...] = FIELD_NAMES + RAW_DERIVED_COLUMNS + RAW_PARTITION
 HOURLY_TABLE_COLUMNS: tuple[str, ...] = HOURLY_COLUMNS + HOURLY_LIFECYCLE_COLUMNS + HOURLY_PARTITION_COLUMNS
 QUARANTINE_TABLE_COLUMNS: tuple[str, ...] = QUARANTINE_COLUMNS + QUARANTINE_PARTITION_COLUMNS
 TRADES_COLUMNS: tuple[str, ...] = TRADE_FIELD_NAMES + TRADES_PARTITION_COLUMNS
+FORECASTS_TABLE_COLUMNS: tuple[str, ...] = FORECASTS_COLUMNS
+ALERTS_TABLE_COLUMNS: tuple[str, ...] = ALERTS_COLUMNS + ALERTS_PARTITION_COLUMNS
+_UTC_TIME = "datetime64[ns, UTC]"
+# The dtypes of an empty read of the live tables (a read of stored rows keeps the stored types).
+FORECASTS_TABLE_TYPES: dict[str, str] = {"symbol": "object", "model": "object", "made_at": _UTC_TIME,
+                                         "for_hour": _UTC_TIME, "value": "float64", "realized": "float64",
+                                         "updated_at": _UTC_TIME}
+ALERTS_TABLE_TYPES: dict[str, str] = {"symbol": "object", "time": _UTC_TIME, "metric": "object", "value": "float64",
+                                      "baseline": "float64", "mad": "float64", "z": "float64",
+                                      "detected_at": _UTC_TIME, "date": "object"}
 TABLE_COLUMNS = {RAW_DATASET: RAW_COLUMNS, HOURLY_DATASET: HOURLY_TABLE_COLUMNS,
                  QUARANTINE_DATASET: QUARANTINE_TABLE_COLUMNS, TRADES_DATASET: TRADES_COLUMNS}
 
@@ -137,6 +153,56 @@ def read_quarantine(settings: Settings, time_range: TimeRange = TimeRange(), eng
     """Refused records whose Kafka timestamp lies in `time_range`; `value` holds their bytes as received."""
     return read_dataset(settings, QUARANTINE_DATASET, TIME_COLUMNS[QUARANTINE_DATASET], time_range, None, engine,
                         empty_columns=QUARANTINE_TABLE_COLUMNS, as_of=as_of)
+
+
+def read_forecasts(settings: Settings, time_range: TimeRange = TimeRange(),
+                   symbols: Sequence[str] | None = None, models: Sequence[str] | None = None,
+                   engine: Engine = "auto", as_of: AsOf = None) -> pd.DataFrame:
+    """The job's live forecasts whose `for_hour` lies in `time_range`, for `symbols` and `models` (None: all).
+
+    One row per symbol, model and forecast hour (`FORECASTS_COLUMNS`): `value` the forecast and
+    `realized` the hour's realized volatility (NaN until the hour is final), both volatilities in the
+    units of hourly_metrics.realized_volatility. Sorted by symbol, for_hour, model. No table yet: an
+    empty frame with those columns, typed (times UTC, values float).
+    """
+    frame = read_dataset(settings, FORECASTS_DATASET, TIME_COLUMNS[FORECASTS_DATASET], time_range, symbols, engine,
+                         as_of=as_of)
+    if models is not None and "model" in frame.columns:
+        frame = frame[frame["model"].isin([model.strip() for model in models])]
+    return _typed(frame, FORECASTS_TABLE_TYPES, ["symbol", TIME_COLUMNS[FORECASTS_DATASET], "model"])
+
+
+def read_alerts(settings: Settings, time_range: TimeRange = TimeRange(), symbols: Sequence[str] | None = None,
+                metrics: Sequence[str] | None = None, engine: Engine = "auto", as_of: AsOf = None) -> pd.DataFrame:
+    """Market alerts whose 1-minute bar `time` lies in `time_range`, for `symbols` and `metrics` (None: all).
+
+    Columns `ALERTS_COLUMNS` plus the `date` partition; sorted by symbol, time, metric. No table yet:
+    an empty frame with those columns, typed (times UTC, numbers float).
+    """
+    frame = read_dataset(settings, ALERTS_DATASET, TIME_COLUMNS[ALERTS_DATASET], time_range, symbols, engine,
+                         as_of=as_of)
+    if metrics is not None and "metric" in frame.columns:
+        frame = frame[frame["metric"].isin([metric.strip() for metric in metrics])]
+    return _typed(frame, ALERTS_TABLE_TYPES, ["symbol", TIME_COLUMNS[ALERTS_DATASET], "metric"])
+
+
+def read_latest_alerts(settings: Settings, rows: int = 10, as_of: AsOf = None) -> pd.DataFrame:
+    """The newest `rows` alerts, all symbols together, newest first; only the newest date partitions are read."""
+    time_column = TIME_COLUMNS[ALERTS_DATASET]
+    frame = read_head(settings, ALERTS_DATASET, rows, latest=True, as_of=as_of)
+    if frame.empty:
+        return _typed(frame, ALERTS_TABLE_TYPES, [])
+    frame = frame.sort_values([time_column, "symbol", "metric"], ascending=[False, True, True], kind="stable")
+    return _typed(frame, ALERTS_TABLE_TYPES, [])
+
+
+def _typed(frame: pd.DataFrame, types: dict[str, str], sort_keys: Sequence[str]) -> pd.DataFrame:
+    """`frame` sorted by `sort_keys`, index reset; an empty frame gets every column of `types` with its dtype."""
+    if frame.empty:
+        columns = list(dict.fromkeys([*types, *frame.columns]))
+        return pd.DataFrame({name: pd.Series(dtype=types.get(name, "object")) for name in columns})
+    return frame.sort_values(list(sort_keys), kind="stable").reset_index(drop=True) if sort_keys \
+        else frame.reset_index(drop=True)
 
 
 def read_dataset(settings: Settings, dataset: str, time_column: str | None,
