@@ -191,5 +191,5 @@ def test_installed_demo_runs_from_another_directory(installed: Installed, local_
     for name in NOTEBOOKS:
         assert notebook_errors(reports / name) == [], name
     pages = [reports / name.replace(".ipynb", ".html") for name in NOTEBOOKS]
-    assert sum(page.stat().st_size for page in pages) < 2_000_000  # three small pages plus one plotly.js
+    assert sum(page.stat().st_size for page in pages) < 2_000_000  # four small pages plus one plotly.js
     assert [p.name for p in reports.glob("*.js")] == [PLOTLY_JS_FILE]

@@ -162,8 +162,8 @@ def text_outputs(executed: Path) -> str:
 
 @pytest.mark.integration
 def test_notebooks_run_the_pipeline_and_chart_what_it_stored(test_settings: Settings, tmp_path: Path) -> None:
-    from btcstream.workbench.report import PIPELINE_NOTEBOOK, STREAMING_NOTEBOOK
-    from btcstream.storage.readers import read_raw_ticks, read_trades
+    from btcstream.workbench.report import FORECAST_NOTEBOOK, PIPELINE_NOTEBOOK, STREAMING_NOTEBOOK
+    from btcstream.storage.readers import read_forecasts, read_latest_alerts, read_raw_ticks, read_trades
 
     common = {"storage_root": test_settings.storage_root, "topic": test_settings.topic, "spark_master": "local[2]"}
     runs = build_report({
@@ -172,8 +172,9 @@ def test_notebooks_run_the_pipeline_and_chart_what_it_stored(test_settings: Sett
                             "replay_start": "2021-05-19T00:00"},
         STREAMING_NOTEBOOK: {**common, "duration_s": 8, "refresh_every_s": 4, "window": "15 minutes"},
         HOURLY_NOTEBOOK: {"storage_root": test_settings.storage_root, "engine": "pyarrow"},
+        FORECAST_NOTEBOOK: {"storage_root": test_settings.storage_root, "evaluate_periods": 48, "min_train": 200},
     }, output_dir=tmp_path / "reports")
-    pipeline_run, streaming_run, hourly_run = runs
+    pipeline_run, streaming_run, hourly_run, forecast_run = runs
     for run in runs:
         assert errors(run.executed) == [], run.notebook
         assert stderr_outputs(run.executed) == [], run.notebook  # no JVM start-up noise: it goes to a log file
@@ -196,8 +197,11 @@ def test_notebooks_run_the_pipeline_and_chart_what_it_stored(test_settings: Sett
     hourly = read_hourly_metrics(test_settings, engine="pyarrow")
     assert len(hourly) >= 3
 
-    # 02: the live view's final chart equals an independent pandas computation over raw_data.
+    # 02: the live view's final chart equals an independent pandas computation over raw_data; then the
+    # newest alerts (or a line saying there are none).
     (window_figure,) = figures(streaming_run.executed)
+    newest_alerts = read_latest_alerts(test_settings)
+    assert ("No alerts yet under" in text_outputs(streaming_run.executed)) == newest_alerts.empty
     expected = independent_window_metrics(raw, 15)
     trace_by_axis = {trace["yaxis"]: trace for trace in window_figure["data"] if trace["name"] == "BTCUSDT"}
     np.testing.assert_allclose(plots.trace_values(trace_by_axis["y"]["y"]), expected["avg_spread_bps"], rtol=1e-9)
@@ -222,3 +226,15 @@ def test_notebooks_run_the_pipeline_and_chart_what_it_stored(test_settings: Sett
     assert_spread_volatility_figure_matches(shown[0], hourly)
     band = {trace["name"]: trace for trace in shown[1]["data"]}
     np.testing.assert_allclose(plots.trace_values(band["BTCUSDT high"]["y"]), hourly["high_price"])
+
+    # 04: the live forecasts chart holds the stored forecasts of BTCUSDT (or it says there are none yet).
+    forecasts = read_forecasts(test_settings, symbols=["BTCUSDT"])
+    shown = figures(forecast_run.executed)
+    if forecasts.empty:
+        assert "No live forecasts of BTCUSDT" in text_outputs(forecast_run.executed)
+    else:
+        live = next(f for f in shown if "live forecasts and realized" in f["layout"]["title"]["text"])
+        for trace in live["data"]:
+            if trace["name"] != plots.REALIZED_NAME:
+                rows = forecasts[forecasts["model"] == trace["name"]].sort_values("for_hour")
+                np.testing.assert_allclose(plots.trace_values(trace["y"]), rows["value"], rtol=1e-12)

@@ -38,7 +38,8 @@ KERNEL_NAME = "python3"  # the kernel of the interpreter running btcstream (see 
 PIPELINE_NOTEBOOK = "01_start_pipeline.ipynb"
 STREAMING_NOTEBOOK = "02_streaming_queries.ipynb"
 HOURLY_NOTEBOOK = "03_hourly_spread_volatility.ipynb"
-NOTEBOOKS: tuple[str, ...] = (PIPELINE_NOTEBOOK, STREAMING_NOTEBOOK, HOURLY_NOTEBOOK)
+FORECAST_NOTEBOOK = "04_volatility_forecast.ipynb"
+NOTEBOOKS: tuple[str, ...] = (PIPELINE_NOTEBOOK, STREAMING_NOTEBOOK, HOURLY_NOTEBOOK, FORECAST_NOTEBOOK)
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 PLOTLY_JS_FILE = "plotly.min.js"  # shared by every page of a report directory
 STYLESHEET_FILE = "notebook.css"  # JupyterLab's notebook styles, shared the same way
@@ -169,7 +170,7 @@ def _write_if_changed(path: Path, text: str) -> None:
 
 def build_report(parameters: Mapping[str, Mapping[str, Any]] | None = None, notebooks: Sequence[str] = NOTEBOOKS,
                  output_dir: Path = REPORT_DIR, kernel_name: str = KERNEL_NAME) -> list[NotebookRun]:
-    """Execute `notebooks` in order (01 fills the stores that 02 and 03 read); stops at the first failure."""
+    """Execute `notebooks` in order (01 fills the stores that 02, 03 and 04 read); stops at the first failure."""
     parameters = parameters or {}
     output_dir = output_dir.resolve()
     runs = []
