@@ -81,6 +81,11 @@ def _protocol(settings: Settings) -> str:
     if protocol not in PROTOCOLS:
         raise SettingsError("BTCSTREAM_KAFKA_SECURITY_PROTOCOL", settings.kafka_security_protocol,
                             f"expected one of {', '.join(PROTOCOLS)}")
+    if settings.kafka_sasl_password and not protocol.startswith("SASL_"):
+        # A password that would silently go unused is a misconfiguration; never echo its value.
+        raise SettingsError("BTCSTREAM_KAFKA_SASL_PASSWORD", MASK,
+                            f"is set but BTCSTREAM_KAFKA_SECURITY_PROTOCOL={protocol} does not use it: "
+                            "set SASL_SSL or SASL_PLAINTEXT (with the mechanism and username), or unset the password")
     return protocol
 
 

@@ -9,11 +9,12 @@ The optional demo key (`Settings.coingecko_api_key`, set by `BTCSTREAM_COINGECKO
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterable
 
-from btcstream.errors import BadResponse
+from btcstream.errors import BadResponse, SettingsError
 from btcstream.ingest.sources.fields import as_float, as_utc_from_iso
 from btcstream.ingest.sources.http import JsonHttpClient
 from btcstream.symbols import coin_id_for_symbol
@@ -21,6 +22,7 @@ from btcstream.symbols import coin_id_for_symbol
 log = logging.getLogger(__name__)
 
 API_KEY_HEADER = "x-cg-demo-api-key"
+_KEY_TEXT = re.compile(r"[\x21-\x7e]+")  # printable ASCII without spaces: what an HTTP header value can carry
 MARKETS_MAX_PER_PAGE = 250
 
 
@@ -57,6 +59,19 @@ def parse_coin_market(item: Any) -> CoinMarket | None:
                       last_updated=as_utc_from_iso(item.get("last_updated")))
 
 
+def header_key(api_key: str) -> str:
+    """The key as it goes in the header: surrounding whitespace (a pasted newline) dropped.
+
+    Anything else a header cannot carry is refused here, naming the setting but never the value:
+    left to `requests`, its InvalidHeader/UnicodeEncodeError message would quote the key.
+    """
+    key = api_key.strip()
+    if not _KEY_TEXT.fullmatch(key):
+        raise SettingsError("BTCSTREAM_COINGECKO_API_KEY", "***",
+                            "may hold only printable ASCII without spaces (check for a stray quote or space)")
+    return key
+
+
 class CoinGeckoClient:
     """CoinGecko's `/coins/markets` for a few coin ids, in USD."""
 
@@ -66,7 +81,7 @@ class CoinGeckoClient:
         (`Settings.coingecko_api_key`), or through a prepared `http` client."""
         if http is None and not base_url:
             raise ValueError("CoinGeckoClient needs base_url (Settings.coingecko_url) or an http client")
-        headers = {API_KEY_HEADER: api_key} if api_key else {}
+        headers = {API_KEY_HEADER: header_key(api_key)} if api_key else {}
         self.http = http or JsonHttpClient(str(base_url), headers=headers)
 
     def __repr__(self) -> str:  # the key stays out of logs and tracebacks
