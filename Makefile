@@ -10,7 +10,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup jars demo test test-fast lint-notebooks clean-state
+.PHONY: setup jars demo test test-fast lint-notebooks clean-state chaos
 
 setup: $(STAMP)
 
@@ -42,6 +42,11 @@ test-fast: setup
 	if [ $$status = 0 ]; then echo "test-fast: passed in $$seconds s, no JVM started"; \
 	else echo "test-fast: FAILED (pytest exit $$status) after $$seconds s"; fi; \
 	exit $$status
+
+# The pipeline under a seeded schedule of faults on a stack of its own (ports 19092/19000/19870), then a check
+# that nothing was lost or duplicated (bench/chaos.py; CHAOS_ARGS="--minutes 5 --each-once --seed 2").
+chaos: jars
+	$(BIN)/python bench/chaos.py $(CHAOS_ARGS)
 
 lint-notebooks: setup
 	$(BIN)/nbstripout --verify notebooks/*.ipynb
