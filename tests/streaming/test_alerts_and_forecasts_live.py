@@ -75,7 +75,7 @@ def test_a_spread_blow_out_raises_one_alert_and_each_hour_is_forecast_once_acros
     produce(settings, quotes(0, 150, seed=1))
     job.start()
     try:
-        job.wait_until(lambda: drained(settings)() and forecast_hours(), "the first forecast", timeout=300)
+        job.wait_until(lambda: drained(settings)() and forecast_hours(), "the first forecast", timeout=600)
     finally:
         job.stop()
     assert forecast_hours() == [START + timedelta(hours=2)]
@@ -85,10 +85,10 @@ def test_a_spread_blow_out_raises_one_alert_and_each_hour_is_forecast_once_acros
     produce(settings, quotes(150, 200, seed=2))
     job.start()
     try:
-        job.wait_until(lambda: drained(settings)() and len(forecast_hours()) == 2, "the catch-up", timeout=300)
+        job.wait_until(lambda: drained(settings)() and len(forecast_hours()) == 2, "the catch-up", timeout=600)
         produce(settings, quotes(200, 250, seed=3))
         job.wait_until(lambda: drained(settings)() and len(forecast_hours()) == 3
-                       and not read_table(settings, "alerts").empty, "the alert and the third forecast", timeout=300)
+                       and not read_table(settings, "alerts").empty, "the alert and the third forecast", timeout=600)
     finally:
         job.stop()
 
@@ -96,7 +96,7 @@ def test_a_spread_blow_out_raises_one_alert_and_each_hour_is_forecast_once_acros
     produce(settings, quotes(250, 253, seed=4))
     job.start()
     try:
-        job.wait_until(drained(settings), "job 3 to read the last minutes", timeout=300)
+        job.wait_until(drained(settings), "job 3 to read the last minutes", timeout=600)
     finally:
         job.stop()
 

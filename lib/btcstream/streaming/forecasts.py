@@ -142,22 +142,33 @@ class ForecastStage:
 
     def _predict(self, symbol: str, name: str, history: pd.DataFrame) -> float | None:
         """The model's variance forecast after `history`: refitted every forecast_refit_hours, else updated."""
-        from btcstream.analytics.forecasters import default_models
+        import sklearn.ensemble  # noqa: F401 - loads the OpenMP runtime, so the thread limit below applies to it
+        from threadpoolctl import threadpool_limits
 
         key = (symbol, name)
         variance, covariates = history["variance"], history.drop(columns="variance")
         fitted = self.fitted.get(key)
         try:
-            if fitted is None or len(history) - fitted.fitted_on >= self.settings.forecast_refit_hours:
-                model = fitted.model if fitted is not None else copy.deepcopy(_model(default_models("1h"), name))
-                model.fit(variance, covariates)
-                self.fitted[key] = _Fitted(model, len(history))
-            else:
-                fitted.model.update(variance, covariates)
-            return float(self.fitted[key].model.predict())
+            # One thread: a forecast predicts one row, and OpenMP threads fighting the job's own for two
+            # cores made the learned model's steps many times slower (see evaluation.evaluate_recent).
+            with threadpool_limits(limits=1):
+                return self._fit_or_update(key, name, fitted, variance, covariates, len(history))
         except (ValueError, RuntimeError, np.linalg.LinAlgError) as error:
             log.info("forecasts: %s %s cannot forecast yet: %s", symbol, name, error)
             return None
+
+    def _fit_or_update(self, key: tuple[str, str], name: str, fitted: _Fitted | None, variance: pd.Series,
+                       covariates: pd.DataFrame, length: int) -> float:
+        from btcstream.analytics.forecasters import default_models
+
+        """Refit when due (never fitted, or `forecast_refit_hours` more hours since the fit), else update; predict."""
+        if fitted is None or length - fitted.fitted_on >= self.settings.forecast_refit_hours:
+            model = fitted.model if fitted is not None else copy.deepcopy(_model(default_models("1h"), name))
+            model.fit(variance, covariates)
+            self.fitted[key] = _Fitted(model, length)
+        else:
+            fitted.model.update(variance, covariates)
+        return float(self.fitted[key].model.predict())
 
     def _merge(self, spark: SparkSession, rows: list[dict]) -> None:
         """Insert new forecasts; set realized where it is missing or changed. Keyed on (symbol, model, for_hour)."""
