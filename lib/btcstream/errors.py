@@ -112,3 +112,26 @@ class UnknownSymbol(BtcstreamError):
 
 class SparkSessionError(BtcstreamError):
     """The SparkSession of this process cannot do what was asked (e.g. it lacks the Kafka connector)."""
+
+
+class StorageNotWritable(BtcstreamError):
+    """The storage root refused a write: full (or over its HDFS quota), read-only, or not permitted.
+
+    The job stops cleanly; its checkpoint holds the Kafka offsets of the last committed batch, so
+    once the cause is fixed `btcstream stream` resumes there and nothing is lost (Kafka keeps the
+    ticks for `topic_retention_hours`).
+    """
+
+    FIXES = {
+        "full": "free space there or grow the volume",
+        "over quota": "raise the HDFS quota (`hdfs dfsadmin -setSpaceQuota`) or free space",
+        "read-only": "make it writable again (e.g. remount it read-write)",
+        "not permitted": "give this user write access to it",
+    }
+
+    def __init__(self, storage_root: str, kind: str, cause: str) -> None:
+        self.storage_root = storage_root
+        self.kind = kind
+        self.cause = cause
+        super().__init__(f"storage root {storage_root} is {kind} ({cause}): {self.FIXES[kind]}, then run "
+                         f"`btcstream stream` again; it resumes from its checkpoint and nothing is lost")

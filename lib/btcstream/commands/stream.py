@@ -7,13 +7,24 @@ import logging
 import signal
 import threading
 
-from btcstream.errors import StreamingQueryFailed
+from btcstream.errors import BtcstreamError, StorageNotWritable, StreamingQueryFailed
 from btcstream.names import QUERY_NAMES
 from btcstream.settings import Settings
 
 log = logging.getLogger(__name__)
 
 HEALTH_CHECK_S = 2.0
+# What the JVM, Hadoop's local file system and HDFS say when the storage root refuses a write -> the
+# kind `StorageNotWritable` names (first match wins; the text searched holds the whole cause chain).
+STORAGE_REFUSALS = (
+    ("No space left on device", "full"),
+    ("DSQuotaExceededException", "over quota"),
+    ("NSQuotaExceededException", "over quota"),
+    ("could only be written to 0 of the", "full"),  # HDFS: no DataNode had room for the block
+    ("Read-only file system", "read-only"),
+    ("AccessControlException", "not permitted"),
+    ("Permission denied", "not permitted"),
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,6 +38,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the job; a storage root that refuses writes (full, read-only, no permission) ends it with
+    one `StorageNotWritable` line instead of the JVM's stack trace."""
+    try:
+        return _run(args, settings)
+    except BtcstreamError as error:
+        raise storage_refusal(settings, str(error)) or error
+    except Exception as error:
+        refusal = storage_refusal(settings, failure_text(error))
+        if refusal is None:
+            raise
+        log.debug("the storage root refused a write", exc_info=True)
+        raise refusal from None
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
     from btcstream.clients.spark import spark_session
     from btcstream.streaming import job
 
@@ -43,9 +69,40 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             for query in queries:
                 if not query.isActive:
                     error = query.exception()
+                    refusal = storage_refusal(settings, failure_text(error)) if error else None
+                    if refusal is not None:
+                        raise refusal
                     raise StreamingQueryFailed(query.name, str(error) if error else "stopped unexpectedly")
     finally:
         log.info("stopping %d queries", len(queries))
         job.stop_queries(queries)
     log.info("stopped cleanly")
     return 0
+
+
+def storage_refusal(settings: Settings, text: str) -> StorageNotWritable | None:
+    """A `StorageNotWritable` when `text` (a failure with its causes) says the storage root refused a write."""
+    for marker, kind in STORAGE_REFUSALS:
+        if marker in text:
+            return StorageNotWritable(settings.storage_root, kind, marker)
+    return None
+
+
+def failure_text(error: BaseException) -> str:
+    """A failure's message with its JVM cause chain and stack trace (py4j and PySpark's captured
+    exceptions keep the Java `Caused by: java.io.IOException: No space left on device` out of str())."""
+    parts = [str(error)]
+    stack = getattr(error, "getStackTrace", None)
+    if callable(stack):
+        try:
+            parts.append(str(stack() or ""))
+        except Exception:  # the JVM is gone
+            pass
+    java = getattr(error, "java_exception", None)
+    try:
+        while java is not None:
+            parts.append(str(java.toString()))
+            java = java.getCause()
+    except Exception:  # the JVM is gone
+        pass
+    return "\n".join(parts)

@@ -277,9 +277,18 @@ class _ProgressListener(StreamingQueryListener):
     def onQueryTerminated(self, event) -> None:  # noqa: N802
         name = self.names.get(str(event.id), "")
         if event.exception:
-            log.error("streaming query %s failed: %s", name or event.id, event.exception.splitlines()[0])
+            log.error("streaming query %s failed: %s", name or event.id, root_cause_line(event.exception))
         if name in self.writers:
             self.writers[name].mark_stopped(name, event.exception)
+
+
+def root_cause_line(failure: str) -> str:
+    """The line of a JVM failure text worth logging: its innermost `Caused by:` (e.g. `java.io.IOException:
+    No space left on device`), else its first line (a failure in foreachBatch starts with py4j's
+    "An exception was raised by the Python Proxy", which says nothing)."""
+    lines = failure.strip().splitlines()
+    causes = [line.strip().removeprefix("Caused by: ") for line in lines if line.strip().startswith("Caused by: ")]
+    return causes[-1] if causes else (lines[0] if lines else failure)
 
 
 _listeners: dict[int, _ProgressListener] = {}
