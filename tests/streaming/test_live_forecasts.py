@@ -17,8 +17,6 @@ from helpers.delta_tables import write_table
 from helpers.hourly import HOURLY_START, hourly_frame
 from helpers.stream_job import read_table
 
-pytestmark = pytest.mark.spark
-
 
 def ewma_variance(volatilities: list[float], decay: float = 0.94) -> float:
     """RiskMetrics by hand: s_0 = RV_0, s_t = decay s_{t-1} + (1 - decay) RV_t (RV = volatility^2)."""
@@ -28,13 +26,13 @@ def ewma_variance(volatilities: list[float], decay: float = 0.94) -> float:
     return level
 
 
-def test_forecasts_once_per_final_hour_across_restarts_with_realized_beside(spark, tmp_path: Path) -> None:
+def test_forecasts_once_per_final_hour_across_restarts_with_realized_beside(tmp_path: Path) -> None:
     settings = Settings(storage_root=f"file://{tmp_path}", forecast_models="ewma,har_rv")
     hourly = hourly_frame(hours=6, symbols=("BTCUSDT",))
     hourly["is_final"] = [True] * 5 + [False]  # hours 0-4 final, hour 5 live
     write_table(settings, HOURLY_DATASET, hourly)
 
-    counts = ForecastStage(settings)(spark, finalised=0, revised=0)  # first call after a start: catches up
+    counts = ForecastStage(settings)(finalised=0, revised=0)  # first call after a start: catches up
     # Hours 1..4 have the two hours of history EWMA needs (hour 0 alone does not); HAR-RV waits (178 hours).
     assert (counts.written, counts.waiting) == (4, 1 + 5)
     forecasts = read_table(settings, "forecasts")
@@ -53,7 +51,7 @@ def test_forecasts_once_per_final_hour_across_restarts_with_realized_beside(spar
     assert np.isnan(realized[expected_hours[3]])
 
     # A restarted job (a new stage) finds nothing new to forecast.
-    again = ForecastStage(settings)(spark, finalised=0, revised=0)
+    again = ForecastStage(settings)(finalised=0, revised=0)
     assert (again.written, again.realized) == (0, 0)
 
     # Hour 5 becomes final (revised values), hour 6 arrives final too: two forecasts, hour 5's realized value.
@@ -62,8 +60,8 @@ def test_forecasts_once_per_final_hour_across_restarts_with_realized_beside(spar
     later["is_final"] = True
     write_table(settings, HOURLY_DATASET, pd.concat([hourly.iloc[:5], later]), mode="overwrite")
     stage = ForecastStage(settings)
-    stage(spark, finalised=0, revised=0)
-    assert stage(spark, finalised=0, revised=0).written == 0  # nothing finalised since: no read, no write
+    stage(finalised=0, revised=0)
+    assert stage(finalised=0, revised=0).written == 0  # nothing finalised since: no read, no write
     forecasts = read_table(settings, "forecasts")
     forecasts["for_hour"] = pd.to_datetime(forecasts["for_hour"], utc=True)
     assert not forecasts.duplicated(["symbol", "model", "for_hour"]).any()

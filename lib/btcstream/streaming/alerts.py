@@ -31,21 +31,26 @@ import subprocess
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 from btcstream.analytics.alerts import MINUTE, Alert, AlertScorer, MinuteBar, merge_bars, minute_bars
-from btcstream.names import ALERTS_COLUMNS, ALERTS_DATASET, ALERTS_PARTITION_COLUMNS
+from btcstream.names import ALERTS_DATASET, ALERTS_PARTITION_COLUMNS
 from btcstream.settings import Settings
-
-if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
 
 ALERT_GRACE = timedelta(seconds=5)  # a minute is scored once the event clock is this far past its end
 COMMAND_TIMEOUT_S = 60.0  # an alert command still running after this is killed (and counted as failed)
-ALERTS_SCHEMA = ("symbol string, time timestamp, metric string, value double, baseline double, mad double, "
-                 "z double, detected_at timestamp, date date")
+
+
+def _arrow_schema():
+    """The alerts table's Arrow schema (`ALERTS_COLUMNS` + the date partition), times UTC."""
+    import pyarrow as pa
+
+    moment = pa.timestamp("us", tz="UTC")
+    return pa.schema([("symbol", pa.string()), ("time", moment), ("metric", pa.string()), ("value", pa.float64()),
+                      ("baseline", pa.float64()), ("mad", pa.float64()), ("z", pa.float64()),
+                      ("detected_at", moment), ("date", pa.date32())])
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,7 @@ class AlertStage:
         self._producer = None
         self.command_failures = 0
 
-    def __call__(self, spark: SparkSession, bars: Sequence[MinuteBar], event_clock: datetime | None) -> AlertCounts:
+    def __call__(self, bars: Sequence[MinuteBar], event_clock: datetime | None) -> AlertCounts:
         if event_clock is None:
             return AlertCounts()
         alerts: list[Alert] = []
@@ -88,7 +93,9 @@ class AlertStage:
             alerts = self._score_complete(event_clock)
         if not alerts:
             return AlertCounts(late_bars=late)
-        written = self._write(spark, alerts)
+        written = self._write(alerts)
+        if not written:
+            return AlertCounts(late_bars=late)
         unpublished = self._publish(written)
         self._run_command(written)
         return AlertCounts(raised=len(written), late_bars=late, unpublished=unpublished)
@@ -115,15 +122,19 @@ class AlertStage:
                  len(quotes), len(trades), len(alerts))
         return alerts
 
-    def _write(self, spark: SparkSession, alerts: list[Alert]) -> list[Alert]:
-        """Append the alerts the table does not hold yet; returns those."""
+    def _write(self, alerts: list[Alert]) -> list[Alert]:
+        """Append the alerts the table does not hold yet (delta-rs, in the driver: a few rows); returns those."""
+        import pyarrow as pa
+        from deltalake import write_deltalake
+
         stored = _stored_keys(self.url, {alert.time.date() for alert in alerts})
         new = [alert for alert in alerts if (alert.symbol, alert.metric, alert.time) not in stored]
         if new:
             now = datetime.now(timezone.utc)
-            rows = [(a.symbol, a.time, a.metric, a.value, a.baseline, a.mad, a.z, now, a.time.date()) for a in new]
-            (spark.createDataFrame(rows, ALERTS_SCHEMA).select(*ALERTS_COLUMNS, *ALERTS_PARTITION_COLUMNS)
-             .write.format("delta").mode("append").partitionBy(*ALERTS_PARTITION_COLUMNS).save(self.url))
+            rows = [{"symbol": a.symbol, "time": a.time, "metric": a.metric, "value": a.value, "baseline": a.baseline,
+                     "mad": a.mad, "z": a.z, "detected_at": now, "date": a.time.date()} for a in new]
+            write_deltalake(self.url, pa.Table.from_pylist(rows, schema=_arrow_schema()), mode="append",
+                            partition_by=list(ALERTS_PARTITION_COLUMNS))
             for alert in new:
                 log.warning("alert: %s %s %s = %.6g, baseline %.6g, z %.1f", alert.symbol, alert.time.isoformat(),
                             alert.metric, alert.value, alert.baseline, alert.z)
@@ -134,10 +145,12 @@ class AlertStage:
         from kafka import KafkaProducer
 
         from btcstream.clients.kafka import kafka_python_options
+        from btcstream.ingest.publisher import BOOTSTRAP_TIMEOUT_MS
 
         try:
             if self._producer is None:
                 self._producer = KafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all",
+                                               bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS, max_block_ms=10_000,
                                                **kafka_python_options(self.settings))
             futures = [self._producer.send(self.settings.alerts_topic, key=alert.symbol.encode(),
                                            value=json.dumps(alert.to_dict()).encode()) for alert in alerts]

@@ -14,7 +14,7 @@ is still shorter than `MIN_HISTORY_HOURS` makes no forecast (counted, `waiting`)
 Realized beside the forecast: every forecast row whose `for_hour` is final gets that hour's
 realized_volatility (and a revision of the hour updates it), so value - realized is the error.
 
-Written with one Delta MERGE keyed on (symbol, model, for_hour): a forecast is inserted once and
+Written with one Delta MERGE (delta-rs, in the driver) keyed on (symbol, model, for_hour): a forecast is inserted once and
 never changed, so a batch replayed after a crash, or a restart, writes each hour's forecast once.
 """
 
@@ -36,8 +36,6 @@ from btcstream.names import FORECASTS_COLUMNS, FORECASTS_DATASET, HOURLY_DATASET
 from btcstream.settings import Settings
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
-
     from btcstream.analytics.forecasters import Forecaster
 
 log = logging.getLogger(__name__)
@@ -47,8 +45,16 @@ CATCH_UP_HOURS = 48  # a job that finds more final hours without forecasts forec
 # Final hours of history a model needs before its first forecast (HAR-RV: its 168-hour mean plus 10
 # observations to fit four coefficients; GARCH and the learned model: enough to fit, see forecasters).
 MIN_HISTORY_HOURS = {"ewma": 2, "har_rv": 178, "garch11": 100, "gradient_boosting": 200}
-FORECASTS_SCHEMA = ("symbol string, model string, made_at timestamp, for_hour timestamp, value double, "
-                    "realized double, updated_at timestamp")
+COMMIT_RETRIES = 5
+
+
+def _arrow_schema():
+    """The forecasts table's Arrow schema (`btcstream.names.FORECASTS_COLUMNS`), times UTC."""
+    import pyarrow as pa
+
+    moment = pa.timestamp("us", tz="UTC")
+    return pa.schema([("symbol", pa.string()), ("model", pa.string()), ("made_at", moment), ("for_hour", moment),
+                      ("value", pa.float64()), ("realized", pa.float64()), ("updated_at", moment)])
 
 
 @dataclass(frozen=True)
@@ -77,7 +83,7 @@ class ForecastStage:
         self.fitted: dict[tuple[str, str], _Fitted] = {}
         self.checked = False  # the tables were compared once since the start (catch-up after a restart)
 
-    def __call__(self, spark: SparkSession, finalised: int, revised: int) -> ForecastCounts:
+    def __call__(self, finalised: int, revised: int) -> ForecastCounts:
         """Forecast the hours after newly final ones; fill realized values. Nothing to do: no read at all."""
         if not self.models or (self.checked and not finalised and not revised):
             return ForecastCounts()
@@ -99,7 +105,7 @@ class ForecastStage:
         for row in new_rows:  # a catch-up forecast whose hour is already final gets its realized value at once
             row["realized"] = _realized_of(final, row["symbol"], row["for_hour"])
         if new_rows or updates:
-            self._merge(spark, new_rows + updates)
+            self._merge(new_rows + updates)
         counts = ForecastCounts(written=len(new_rows), realized=len(updates), waiting=waiting)
         log.info("forecasts: %d written, %d realized values, %d waiting for history (%.2f s)", counts.written,
                  counts.realized, counts.waiting, time.perf_counter() - started)
@@ -170,20 +176,37 @@ class ForecastStage:
             fitted.model.update(variance, covariates)
         return float(self.fitted[key].model.predict())
 
-    def _merge(self, spark: SparkSession, rows: list[dict]) -> None:
-        """Insert new forecasts; set realized where it is missing or changed. Keyed on (symbol, model, for_hour)."""
-        from delta.tables import DeltaTable
+    def _merge(self, rows: list[dict]) -> None:
+        """Insert new forecasts; set realized where it is missing or changed. Keyed on (symbol, model, for_hour).
 
-        source = spark.createDataFrame([tuple(row[column] for column in FORECASTS_COLUMNS) for row in rows],
-                                       FORECASTS_SCHEMA)
-        if not DeltaTable.isDeltaTable(spark, self.url):
-            source.limit(0).write.format("delta").mode("ignore").save(self.url)
-        (DeltaTable.forPath(spark, self.url).alias("t")
-         .merge(source.alias("s"), "t.symbol = s.symbol AND t.model = s.model AND t.for_hour = s.for_hour")
-         .whenMatchedUpdate(condition="s.realized IS NOT NULL AND (t.realized IS NULL OR t.realized <> s.realized)",
-                            set={"realized": "s.realized", "updated_at": "s.updated_at"})
-         .whenNotMatchedInsertAll()
-         .execute())
+        A delta-rs MERGE in the driver: the rows are few (models x symbols per hour), and a Spark MERGE
+        (three jobs) cost seconds of the batch where this costs a file write. Retried when a concurrent
+        commit (an OPTIMIZE by `btcstream compact`) conflicts: the MERGE is idempotent.
+        """
+        import pyarrow as pa
+        from deltalake import DeltaTable, write_deltalake
+        from deltalake.exceptions import CommitFailedError
+
+        source = pa.Table.from_pylist([{column: row[column] for column in FORECASTS_COLUMNS} for row in rows],
+                                      schema=_arrow_schema())
+        for attempt in range(1, COMMIT_RETRIES + 1):
+            try:
+                if not DeltaTable.is_deltatable(self.url):
+                    write_deltalake(self.url, source, mode="append")
+                    return
+                (DeltaTable(self.url)
+                 .merge(source, "t.symbol = s.symbol AND t.model = s.model AND t.for_hour = s.for_hour",
+                        source_alias="s", target_alias="t")
+                 .when_matched_update({"realized": "s.realized", "updated_at": "s.updated_at"},
+                                      predicate="s.realized IS NOT NULL AND (t.realized IS NULL OR t.realized <> s.realized)")
+                 .when_not_matched_insert_all()
+                 .execute())
+                return
+            except CommitFailedError:
+                if attempt == COMMIT_RETRIES:
+                    raise
+                log.info("forecasts: MERGE conflicted with a concurrent commit; retrying (%d/%d)", attempt, COMMIT_RETRIES)
+                time.sleep(0.2 * attempt)
 
 
 def _model(models: list[Forecaster], name: str) -> Forecaster:

@@ -170,9 +170,8 @@ class IngestBatch:
             hourly = upsert_hours(kafka_rows.sparkSession, self.paths.raw, self.paths.hourly, list(counts.hours),
                                   clock, self.allowed_lateness, self.live_dates, trades_url=self.paths.trades,
                                   grid_seconds=self.grid_seconds)
-        spark = kafka_rows.sparkSession
-        forecasts = self.forecasts(spark, hourly.finalised, hourly.revised)
-        alerts = self.alerts(spark, counts.bars, clock)
+        forecasts = self.forecasts(hourly.finalised, hourly.revised)
+        alerts = self.alerts(counts.bars, clock)
         self.event_clock = clock
         log.debug("batch %d: %s; hourly %s; forecasts %s; alerts %s", batch_id, counts, hourly, forecasts, alerts)
         if self.progress is not None:
