@@ -261,8 +261,8 @@ class ChaosPipeline:
         from kafka import KafkaConsumer, TopicPartition
 
         try:
-            consumer = KafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, request_timeout_ms=5000,
-                                     api_version_auto_timeout_ms=3000, **kafka_python_options(self.settings))
+            consumer = KafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap,
+                                     **kafka_python_options(self.settings))
         except Exception:  # noqa: BLE001 - the broker is down (a fault)
             return None
         try:
@@ -290,12 +290,11 @@ class ChaosPipeline:
     def flowing_past(self, marks: dict[str, int]) -> bool:
         """True once the job has committed records of both topics written after `marks` were taken."""
         committed = self.committed_offsets()
-        return committed is not None and all(committed[topic] > mark for topic, mark in marks.items())
+        return bool(marks) and committed is not None and all(committed[topic] > mark for topic, mark in marks.items())
 
-    def feed_settled(self, after: float | None = None) -> bool:
+    def feed_settled(self, after: float) -> bool:
         """True when the producer runs, streams, and misses no trade id it still could fetch, by a status
-        document written at least STATUS_LAG_S after `after` (epoch seconds; default now)."""
-        after = time.time() if after is None else after
+        document written at least STATUS_LAG_S after `after` (epoch seconds)."""
         document = read_feed_status(self.settings)
         if self.producer is None or not self.producer.alive() or document is None:
             return False
