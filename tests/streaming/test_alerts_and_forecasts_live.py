@@ -86,14 +86,14 @@ def test_a_spread_blow_out_raises_one_alert_and_each_hour_is_forecast_once_acros
     job.start()
     try:
         job.wait_until(lambda: drained(settings)() and len(forecast_hours()) == 2, "the catch-up", timeout=600)
-        produce(settings, quotes(200, 250, seed=3))
+        produce(settings, quotes(200, 252, seed=3))  # to 4:12: hour 3 final (10 minutes of lateness)
         job.wait_until(lambda: drained(settings)() and len(forecast_hours()) == 3
                        and not read_table(settings, "alerts").empty, "the alert and the third forecast", timeout=600)
     finally:
         job.stop()
 
     # Job 3 rebuilds its alert window (the blow-out is in it again) and must not deliver it twice.
-    produce(settings, quotes(250, 253, seed=4))
+    produce(settings, quotes(252, 255, seed=4))
     job.start()
     try:
         job.wait_until(drained(settings), "job 3 to read the last minutes", timeout=600)
