@@ -66,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--minutes", type=float, default=15.0, help="run length after the pipeline first flows")
     parser.add_argument("--seed", type=int, default=1, help="seed of the fault schedule")
     parser.add_argument("--each-once", action="store_true", help="one fault of each kind (the CI run)")
+    parser.add_argument("--faults", type=lambda text: [k.strip() for k in text.split(",") if k.strip()], default=None,
+                        help=f"only these kinds, one each (comma-separated: {', '.join(FAULT_KINDS)})")
     parser.add_argument("--symbols", type=int, default=5)
     parser.add_argument("--quotes-per-second", type=float, default=20.0, help="book updates per symbol per second")
     parser.add_argument("--trades-per-second", type=float, default=20.0, help="trades per symbol per second")
@@ -166,8 +168,8 @@ def verdict_of(pipeline: ChaosPipeline, faults: list[InjectedFault], newest: dic
     return verdict
 
 
-def report(args: argparse.Namespace, faults: list[InjectedFault], verdict: check.Verdict,
-           pipeline: ChaosPipeline, wall_s: float, rate: float) -> str:
+def fault_table(faults: list[InjectedFault]) -> list[str]:
+    """Per fault kind: injected, survived (recovered), median and max recovery."""
     lines = ["| fault kind | injected | survived | recovery median (s) | recovery max (s) |", "|---|---|---|---|---|"]
     for kind in FAULT_KINDS:
         mine = [f for f in faults if f.planned.kind == kind]
@@ -177,6 +179,12 @@ def report(args: argparse.Namespace, faults: list[InjectedFault], verdict: check
         lines.append(f"| {kind} | {len(mine)} | {len(times)} | "
                      f"{statistics.median(times):.1f} | {max(times):.1f} |" if times else
                      f"| {kind} | {len(mine)} | 0 | - | - |")
+    return lines
+
+
+def report(args: argparse.Namespace, faults: list[InjectedFault], verdict: check.Verdict,
+           pipeline: ChaosPipeline, wall_s: float, rate: float) -> str:
+    lines = fault_table(faults)
     survived = sum(1 for f in faults if f.recovery_s is not None)
     gap = ", ".join(f"{kind} {n}" for kind, n in sorted(verdict.gap.items())) or "none"
     exits = ", ".join(f"{name} {n}" for name, n in sorted(pipeline.unplanned_exits.items())) or "none"
@@ -210,7 +218,8 @@ def write_results(args: argparse.Namespace, table: str, faults: list[InjectedFau
         f"# Chaos run: {args.minutes:g} minutes, seed {args.seed}{', one fault of each kind' if args.each_once else ''}",
         "",
         f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC: `python bench/chaos.py --minutes {args.minutes:g} "
-        f"--seed {args.seed}{' --each-once' if args.each_once else ''}` on {os.cpu_count()} cores "
+        f"--seed {args.seed}{' --each-once' if args.each_once else ''}"
+        f"{' --faults ' + ','.join(args.faults) if args.faults else ''}` on {os.cpu_count()} cores "
         f"({platform.machine()}, {platform.python_version()}), {args.symbols} symbols x ({args.quotes_per_second:g} "
         f"book updates + {args.trades_per_second:g} trades + 1 ticker) per second from the replay exchange at speed "
         f"{args.speed:g}; its own Kafka (:{args.kafka_port}) and HDFS (:{args.hdfs_port}). Load average (1 min) "
@@ -236,7 +245,11 @@ def main(argv: list[str] | None = None) -> int:
                          quotes_per_second=args.quotes_per_second, trades_per_second=args.trades_per_second,
                          speed=args.speed)
     pipeline = ChaosPipeline(config, symbol_histories(state, args.symbols))
-    plan = schedule(args.seed, args.minutes, each_once=args.each_once)
+    unknown = sorted(set(args.faults or ()) - set(FAULT_KINDS))
+    if unknown:
+        print(f"error: unknown fault kind(s) {', '.join(unknown)}; known: {', '.join(FAULT_KINDS)}", file=sys.stderr)
+        return 2
+    plan = schedule(args.seed, args.minutes, each_once=args.each_once, only=args.faults)
     rate = args.symbols * (args.quotes_per_second + args.trades_per_second + 1)
     log.info("chaos: %g minutes, seed %d, %d faults, ~%.0f messages/s, state in %s", args.minutes, args.seed,
              len(plan), rate, state)
@@ -251,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         newest = finish(pipeline)
         verdict = verdict_of(pipeline, faults, newest)
     except (RunAborted, BtcstreamError, KeyboardInterrupt) as error:
-        log.error("chaos run aborted: %s", error or "interrupted")
+        log.error("chaos run aborted: %s", str(error) or type(error).__name__)
     finally:
         pipeline.stop()
         if verdict is not None and verdict.passed and not args.keep_state:
@@ -259,7 +272,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             log.info("logs and data left in %s", state)
     if verdict is None:
-        print("chaos run not completed\nlost: unknown\nduplicated: unknown")
+        survived = sum(1 for f in faults if f.recovery_s is not None)
+        print("\n".join(["chaos run not completed (see the log above); the faults injected until then:",
+                         *fault_table(faults), f"faults injected: {len(faults)}, survived: {survived}",
+                         f"wall time: {(time.monotonic() - wall_started) / 60:.1f} min",
+                         "lost: unknown", "duplicated: unknown"]))
         return 2
     table = report(args, faults, verdict, pipeline, time.monotonic() - wall_started, rate)
     write_results(args, table, faults)

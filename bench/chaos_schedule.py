@@ -57,10 +57,12 @@ def fault_counts(minutes: float, each_once: bool) -> dict[str, int]:
     return {kind: max(1, round(count * scale)) for kind, count in FULL_RUN_COUNTS.items()}
 
 
-def schedule(seed: int, minutes: float, each_once: bool = False) -> list[PlannedFault]:
-    """The faults in a seeded order at evenly spread moments (jittered by up to a third of the spacing)."""
+def schedule(seed: int, minutes: float, each_once: bool = False, only: list[str] | None = None) -> list[PlannedFault]:
+    """The faults in a seeded order at evenly spread moments (jittered by up to a third of the spacing);
+    `only`: just these kinds, one each."""
     rng = random.Random(seed)
-    kinds = [kind for kind, count in fault_counts(minutes, each_once).items() for _ in range(count)]
+    counts = {kind: 1 for kind in only} if only else fault_counts(minutes, each_once)
+    kinds = [kind for kind, count in counts.items() for _ in range(count)]
     rng.shuffle(kinds)
     first, last = WARM_UP_FRACTION * minutes * 60, LAST_FAULT_FRACTION * minutes * 60
     spacing = (last - first) / max(1, len(kinds))

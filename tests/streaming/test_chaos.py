@@ -19,7 +19,8 @@ import pytest
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
 REPO = Path(__file__).resolve().parents[2]
-CHAOS_LIMIT_S = 15 * 60  # the run is about 5 minutes of faults plus stack start and drain; CI's limit is above this
+# 5 minutes of faults plus stack start, job restarts and drain; under pytest's 1500 s timeout (pyproject.toml).
+CHAOS_LIMIT_S = 24 * 60
 
 
 def test_short_chaos_run_loses_and_duplicates_nothing(tmp_path: Path) -> None:
