@@ -64,6 +64,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
                                 trigger_interval_s=args.trigger_interval)
     log.info("streaming %s -> %s (trigger %ss); stop with Ctrl-C or SIGTERM", settings.topic,
              settings.storage_root, args.trigger_interval or settings.trigger_interval_s)
+    failed = True
     try:
         while not stop.wait(HEALTH_CHECK_S):
             for query in queries:
@@ -73,11 +74,24 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
                     if refusal is not None:
                         raise refusal
                     raise StreamingQueryFailed(query.name, str(error) if error else "stopped unexpectedly")
+        failed = False
     finally:
         log.info("stopping %d queries", len(queries))
         job.stop_queries(queries)
+        if failed:
+            # Stop the JVM's listener bus while Python still answers it: else a progress event it
+            # delivers after this process has printed its one error line ends the output with a
+            # Java stack trace (py4j "Error while sending a command ... onQueryProgress").
+            _stop_session(spark)
     log.info("stopped cleanly")
     return 0
+
+
+def _stop_session(spark) -> None:
+    try:
+        spark.stop()
+    except Exception:  # the JVM may be gone already
+        log.debug("stopping the Spark session failed", exc_info=True)
 
 
 def storage_refusal(settings: Settings, text: str) -> StorageNotWritable | None:
