@@ -190,7 +190,8 @@ def recompute_hourly(raw: pd.DataFrame, trades: pd.DataFrame) -> pd.DataFrame:
     frame["spread_bps"] = frame.spread / frame.mid * 1e4
     frame["liquidity"] = frame.bid_price * frame.bid_qty + frame.ask_price * frame.ask_qty
     frame["window_start"] = frame.event_time.dt.floor("h")
-    frame["step"] = frame.event_time.astype("int64") // 1000 // (GRID_SECONDS * 1_000_000)
+    # epoch microseconds // grid: delta-rs gives microsecond timestamps, so the unit is made explicit
+    frame["step"] = frame.event_time.dt.as_unit("us").astype("int64") // (GRID_SECONDS * 1_000_000)
     rows = []
     for (symbol, start), hour in frame.sort_values(["event_time", "update_id"], kind="stable").groupby(
             ["symbol", "window_start"]):
