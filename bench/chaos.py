@@ -91,10 +91,10 @@ def wait_for(condition, timeout: float, what: str, pipeline: ChaosPipeline) -> f
     raise RunAborted(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def run_faults(pipeline: ChaosPipeline, plan: list[PlannedFault], minutes: float) -> list[InjectedFault]:
-    """Inject the planned faults one after another (each once the previous recovered), until `minutes` passed."""
+def run_faults(pipeline: ChaosPipeline, plan: list[PlannedFault], minutes: float, done: list[InjectedFault]) -> None:
+    """Inject the planned faults one after another (each once the previous recovered), until `minutes` passed;
+    each is appended to `done` as it is injected (so a run cut short still reports them)."""
     started = time.monotonic()
-    done: list[InjectedFault] = []
     current: InjectedFault | None = None
     marks = pipeline.end_offsets() or {}  # the offsets last seen (the broker may be the thing that goes down)
     remaining = list(plan)
@@ -124,7 +124,6 @@ def run_faults(pipeline: ChaosPipeline, plan: list[PlannedFault], minutes: float
             done.append(current)
             continue
         time.sleep(POLL_S)
-    return done
 
 
 def finish(pipeline: ChaosPipeline) -> dict[str, int | None]:
@@ -260,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         seconds = wait_for(lambda: pipeline.flowing_past({pipeline.settings.topic: 0, pipeline.settings.trades_topic: 0}),
                            FIRST_FLOW_TIMEOUT_S, "the first records to be committed", pipeline)
         log.info("pipeline flowing %.0f s after the start", seconds)
-        faults = run_faults(pipeline, plan, args.minutes)
+        run_faults(pipeline, plan, args.minutes, faults)
         newest = finish(pipeline)
         verdict = verdict_of(pipeline, faults, newest)
     except (RunAborted, BtcstreamError, KeyboardInterrupt) as error:
