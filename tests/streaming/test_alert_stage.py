@@ -38,10 +38,13 @@ def quotes(minutes: int) -> pd.DataFrame:
     return frame
 
 
-def test_a_blow_out_is_one_alert_in_the_table_and_to_the_command_and_a_restart_repeats_nothing(tmp_path: Path) -> None:
-    delivered = tmp_path / "delivered.jsonl"
+def test_a_blow_out_is_one_alert_in_the_table_and_to_the_command_and_a_restart_repeats_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    delivered, environment = tmp_path / "delivered.jsonl", tmp_path / "environment.txt"
+    monkeypatch.setenv("BTCSTREAM_COINGECKO_API_KEY", "sentinel-key-for-the-alert-command")
     settings = Settings(storage_root=f"file://{tmp_path}/store", kafka_bootstrap="localhost:1", alert_threshold=6.0,
-                        alert_command=f"cat >> {shlex.quote(str(delivered))}; echo >> {shlex.quote(str(delivered))}")
+                        alert_command=f"env > {shlex.quote(str(environment))}; cat >> {shlex.quote(str(delivered))}; "
+                                      f"echo >> {shlex.quote(str(delivered))}")
     frame = quotes(90)
     bars = minute_bars(frame)
     stage = AlertStage(settings)
@@ -72,5 +75,7 @@ def test_a_blow_out_is_one_alert_in_the_table_and_to_the_command_and_a_restart_r
     while not delivered.exists() and time.monotonic() < deadline:
         time.sleep(0.1)  # the command runs in the background
     lines = [json.loads(line) for line in delivered.read_text().splitlines() if line.strip()]
+    command_env = environment.read_text()
+    assert "BTCSTREAM_ALERT_METRIC=spread_bps" in command_env and "sentinel-key" not in command_env
     assert [(r["symbol"], r["metric"], r["time"]) for r in lines] == [
         ("BTCUSDT", "spread_bps", (START + timedelta(minutes=BLOW_OUT)).isoformat())]

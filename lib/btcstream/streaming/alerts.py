@@ -35,7 +35,7 @@ from typing import Sequence
 
 from btcstream.analytics.alerts import MINUTE, Alert, AlertScorer, MinuteBar, merge_bars, minute_bars
 from btcstream.names import ALERTS_DATASET, ALERTS_PARTITION_COLUMNS
-from btcstream.settings import Settings
+from btcstream.settings import SECRET_FIELDS, Settings
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,10 @@ class AlertStage:
 
     def _run_one(self, command: str, alert: Alert) -> None:
         values = alert.to_dict()
-        env = {**os.environ, **{f"BTCSTREAM_ALERT_{name.upper()}": str(value) for name, value in values.items()}}
+        # The user's command gets the job's environment minus btcstream's secrets, plus the alert.
+        secrets = {f"BTCSTREAM_{name.upper()}" for name in SECRET_FIELDS}
+        env = {key: value for key, value in os.environ.items() if key not in secrets}
+        env.update({f"BTCSTREAM_ALERT_{name.upper()}": str(value) for name, value in values.items()})
         try:
             completed = subprocess.run(command, shell=True, input=json.dumps(values).encode(), env=env,
                                        capture_output=True, timeout=COMMAND_TIMEOUT_S, check=False)

@@ -172,5 +172,8 @@ class ProgressWriter:
             if self.settings.storage_scheme == "hdfs" and self._fs.exists(path):
                 self._fs.rm(path)  # WebHDFS rename does not overwrite (readers retry once)
             self._fs.mv(temporary, path)
-        except Exception:  # progress is diagnostics: never let it stop a query
-            log.exception("could not write streaming progress to %s", path)
+        except Exception as error:  # progress is diagnostics: never let it stop a query
+            # One line (a full disk would repeat a traceback per batch); the traceback at debug level.
+            log.warning("could not write streaming progress to %s: %s", path,
+                        (str(error).splitlines() or [type(error).__name__])[0])
+            log.debug("progress write failure", exc_info=True)
