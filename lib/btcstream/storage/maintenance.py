@@ -31,6 +31,7 @@ from btcstream.errors import CompactionError
 from btcstream.names import DATASETS
 from btcstream.settings import Settings
 from btcstream.storage.layout import require_delta_layout
+from btcstream.storage.delta_conflicts import commit_conflicts
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -108,11 +109,9 @@ def optimize(spark: SparkSession, url: str, dataset: str = "table") -> tuple[int
     MERGE rewrote a file being compacted, or another OPTIMIZE won); `CompactionError` after
     `COMMIT_ATTEMPTS` lost races.
     """
-    from delta import exceptions
     from delta.tables import DeltaTable
 
-    # Every commit conflict Delta raises (delta-spark's classes do not share a base class).
-    conflicts = tuple(getattr(exceptions, name) for name in exceptions.__all__)
+    conflicts = commit_conflicts()
 
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         try:

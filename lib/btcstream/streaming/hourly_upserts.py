@@ -34,6 +34,7 @@ import time
 from typing import TYPE_CHECKING, Sequence
 
 from btcstream.names import HOURLY_COLUMNS, HOURLY_LIFECYCLE_COLUMNS, HOURLY_PARTITION_COLUMNS, RAW_PARTITION_COLUMNS
+from btcstream.storage.delta_conflicts import commit_conflicts
 from btcstream.streaming import transforms
 from btcstream.streaming.delta_batches import utc
 
@@ -81,8 +82,7 @@ def upsert_hours(spark: SparkSession, raw_url: str, hourly_url: str,
     trades of the touched hours give the trade columns (absent table: no trades). `grid_seconds`: the
     realized-volatility grid (`Settings.rv_grid`).
     """
-    from delta.exceptions import DeltaConcurrentModificationException
-
+    conflicts = commit_conflicts()
     if not isinstance(touched, (list, tuple)):
         touched = [(row[0], utc(row[1])) for row in touched.select(*HOUR_KEY).distinct().collect()]
     keys = sorted({(symbol, utc(start)) for symbol, start in touched})
@@ -92,7 +92,7 @@ def upsert_hours(spark: SparkSession, raw_url: str, hourly_url: str,
         try:
             return _upsert_once(spark, raw_url, hourly_url, keys, event_clock, allowed_lateness, live or LiveDates(),
                                 trades_url, grid_seconds)
-        except DeltaConcurrentModificationException as conflict:
+        except conflicts as conflict:
             if attempt == CONFLICT_RETRIES:
                 raise
             log.info("hourly upsert conflicted with a concurrent commit (%s); retrying (%d/%d)",
