@@ -18,8 +18,9 @@ Kafka records to `IngestBatch`, which in that one batch:
 
 Exactly once: the Kafka offsets are in the checkpoint; a batch replayed after a crash writes
 nothing twice (Delta's idempotent writes keyed by the batch id, see `delta_batches`) and its
-hourly recomputation gives the same rows. The event clock is the newest event_time stored; after
-a restart it is read back from raw_data's Delta log (file statistics, no data read).
+hourly recomputation gives the same rows. The event clock is the newest event time stored (a quote's
+event_time or a trade's trade_time); after a restart it is read back from the Delta logs of raw_data
+and trades (file statistics pick the files; only that column of them is read).
 
 Late, in the counts: a valid tick whose event_time is more than `allowed_lateness` before the event
 clock as the batch starts.
@@ -48,6 +49,7 @@ from btcstream.names import (
     QUARANTINE_DATASET,
     QUERY_NAMES,
     RAW_DATASET,
+    TIME_COLUMNS,
     TRADES_DATASET,
 )
 from btcstream.settings import Settings
@@ -191,9 +193,11 @@ def batch_counts(counts: BatchCounts, hourly: HourlyCounts, forecasts: ForecastC
 
 
 def stored_event_clock(settings: Settings) -> datetime | None:
-    """The newest event_time in raw_data, read back after a restart (`readers.latest_time`: the
-    Delta log's statistics pick the files, their event_time column gives the exact value)."""
-    newest = latest_time(settings)
+    """The newest event time stored, read back after a restart: the larger of raw_data's newest
+    event_time and trades' newest trade_time, as a batch's clock counts both (`readers.latest_time`:
+    the Delta log's statistics pick the files, their time column gives the exact value)."""
+    times = [latest_time(settings), latest_time(settings, TRADES_DATASET, TIME_COLUMNS[TRADES_DATASET])]
+    newest = max((time for time in times if time is not None), default=None)
     return None if newest is None else newest.to_pydatetime().astimezone(timezone.utc)
 
 
