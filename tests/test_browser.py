@@ -345,8 +345,9 @@ def test_report_pages_render_every_chart_offline(workbench_run, browser) -> None
             except Exception:
                 screenshot(page, f"report_{run.html.stem}_FAILED.png", full_page=True)
                 raise AssertionError(f"{run.html.name}: fewer than {expected} charts rendered offline") from None
+            # Drawn traces per chart: lines/markers, bars, or a table (notebook 04's model scores).
             drawn = page.evaluate("""() => [...document.querySelectorAll('.js-plotly-plot')]
-                .map(plot => plot.querySelectorAll('.scatterlayer .trace').length)""")
+                .map(plot => plot.querySelectorAll('.scatterlayer .trace, .barlayer .trace, .table-control-view').length)""")
             assert len(drawn) == expected and all(count >= 1 for count in drawn), (run.html.name, drawn)
             assert page.locator(".jp-RenderedText[data-mime-type='application/vnd.jupyter.stderr']").count() == 0, \
                 f"{run.html.name} shows stderr output"
