@@ -181,6 +181,18 @@ def test_states_never_started_stale_stopped_and_failed_with_its_error(settings: 
         "  error: StreamingQueryException: [DELTA_CONCURRENT_APPEND] boom")
 
 
+def test_restarts_after_failures_are_counted_with_the_last_reason(settings: Settings) -> None:
+    writer = record_batches(settings, [{"input_rows": 5}])
+    writer.mark_stopped(INGEST_QUERY, "java.net.ConnectException: Connection refused")
+    writer.note_restart(INGEST_QUERY, "java.net.ConnectException: Connection refused")
+    writer.mark_started(INGEST_QUERY)
+    writer.note_restart(INGEST_QUERY, "java.io.EOFException: End of File Exception between local host and NameNode")
+    writer.record({"name": INGEST_QUERY, "batchId": 1, "numInputRows": 3})  # runs again
+    (query,) = status.status_report(settings, topic=TOPIC).queries
+    assert query.state == "running" and query.restarts == 2
+    assert "restarted 2 time(s) after a failure; last: java.io.EOFException" in status.format_queries([query])
+
+
 def test_json_is_one_object_of_tables_queries_and_hourly(settings: Settings) -> None:
     write_raw(settings, [0])
     record_batches(settings, [{"input_rows": 1, "inserted_rows": 1}])

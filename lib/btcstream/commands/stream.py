@@ -6,6 +6,7 @@ import argparse
 import logging
 import signal
 import threading
+import time
 
 from btcstream.errors import BtcstreamError, StorageNotWritable, StreamingQueryFailed
 from btcstream.names import QUERY_NAMES
@@ -14,6 +15,12 @@ from btcstream.settings import Settings
 log = logging.getLogger(__name__)
 
 HEALTH_CHECK_S = 2.0
+# A failed query (HDFS restarting, the broker gone a while) is started again from its checkpoint after
+# these waits, the last repeated; a query that then runs STABLE_AFTER_S resets the count. The
+# checkpoint makes a restart exactly once: the interrupted batch is re-run, nothing written twice.
+RESTART_BACKOFF_S = (5.0, 10.0, 20.0, 40.0, 60.0)
+STABLE_AFTER_S = 300.0
+DEFAULT_MAX_RESTARTS = 5
 # What the JVM, Hadoop's local file system and HDFS say when the storage root refuses a write -> the
 # kind `StorageNotWritable` names (first match wins; the text searched holds the whole cause chain).
 STORAGE_REFUSALS = (
@@ -34,6 +41,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="micro-batch trigger interval (default: the trigger_interval_s setting)")
     parser.add_argument("--query", action="append", choices=QUERY_NAMES, dest="queries",
                         help="run only this query (repeatable; default: all; the job has one, btcstream_ingest)")
+    parser.add_argument("--max-restarts", type=int, default=DEFAULT_MAX_RESTARTS, metavar="N",
+                        help="restart a failed query from its checkpoint up to N times in a row, waiting 5 s "
+                             "to 60 s between tries (a query that then runs 5 minutes resets the count; "
+                             f"0: exit on the first failure; default {DEFAULT_MAX_RESTARTS}). A storage root that "
+                             "refuses writes (full, read-only) is never retried")
     parser.set_defaults(func=run)
 
 
@@ -56,24 +68,56 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     from btcstream.clients.spark import spark_session
     from btcstream.streaming import job
 
+    if args.max_restarts < 0:
+        raise BtcstreamError(f"--max-restarts must be 0 or more, not {args.max_restarts}")
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda number, frame: stop.set())
     spark = spark_session(settings, "btcstream-stream")
-    queries = job.start_queries(spark, settings, queries=args.queries or QUERY_NAMES,
-                                trigger_interval_s=args.trigger_interval)
+    names = args.queries or QUERY_NAMES
+
+    def start() -> list:
+        return job.start_queries(spark, settings, queries=names, trigger_interval_s=args.trigger_interval)
+
+    queries = start()
     log.info("streaming %s -> %s (trigger %ss); stop with Ctrl-C or SIGTERM", settings.topic,
              settings.storage_root, args.trigger_interval or settings.trigger_interval_s)
     failed = True
+    restarts = 0
+    running_since = time.monotonic()
     try:
         while not stop.wait(HEALTH_CHECK_S):
-            for query in queries:
-                if not query.isActive:
-                    error = query.exception()
-                    refusal = storage_refusal(settings, failure_text(error)) if error else None
-                    if refusal is not None:
-                        raise refusal
-                    raise StreamingQueryFailed(query.name, str(error) if error else "stopped unexpectedly")
+            failure = _failure(queries)
+            if failure is None:
+                if restarts and time.monotonic() - running_since >= STABLE_AFTER_S:
+                    log.info("running for %.0f s since the last restart: the restart count starts again", STABLE_AFTER_S)
+                    restarts = 0
+                continue
+            name, error = failure
+            while True:  # restart, until started (HDFS may still be down) or out of restarts
+                text = failure_text(error) if isinstance(error, BaseException) else error
+                refusal = storage_refusal(settings, text)
+                if refusal is not None:
+                    raise refusal
+                if restarts >= args.max_restarts:
+                    tried = f" (after {restarts} restarts)" if restarts else ""
+                    raise StreamingQueryFailed(name, _first_line(error) + tried)
+                delay = RESTART_BACKOFF_S[min(restarts, len(RESTART_BACKOFF_S) - 1)]
+                restarts += 1
+                reason = _first_line(error)
+                log.warning("query %s failed (%s); restarting it from its checkpoint in %.0f s (restart %d of %d)",
+                            name, reason, delay, restarts, args.max_restarts)
+                job.note_restart(spark, name, reason)
+                if stop.wait(delay):
+                    break
+                try:
+                    job.stop_queries(queries)
+                    queries = start()
+                    running_since = time.monotonic()
+                    log.info("restarted %s", name)
+                    break
+                except Exception as start_error:  # noqa: BLE001 - e.g. the NameNode not back yet: try again
+                    error = start_error
         failed = False
     finally:
         log.info("stopping %d queries", len(queries))
@@ -85,6 +129,19 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             _stop_session(spark)
     log.info("stopped cleanly")
     return 0
+
+
+def _failure(queries: list) -> tuple[str, BaseException | str] | None:
+    """The first query that is no longer active: (name, its exception or why); None while all run."""
+    for query in queries:
+        if not query.isActive:
+            return query.name, query.exception() or "stopped unexpectedly"
+    return None
+
+
+def _first_line(error: BaseException | str) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def _stop_session(spark) -> None:

@@ -253,6 +253,15 @@ def stop_queries(queries: Iterable[StreamingQuery]) -> None:
                     listener.writers[query.name].mark_stopped(query.name, None)
 
 
+def note_restart(spark: SparkSession, name: str, reason: str) -> None:
+    """Count a restart of query `name` in its progress document (`btcstream status` shows it)."""
+    with _listeners_lock:
+        listener = _listeners.get(id(spark))
+        writer = listener.writers.get(name) if listener is not None else None
+    if writer is not None:
+        writer.note_restart(name, reason)
+
+
 class _ProgressListener(StreamingQueryListener):
     """Persists the progress of btcstream's queries after every batch (and their idle/stop events)."""
 

@@ -162,6 +162,15 @@ class ProgressWriter:
                 document["error"] = error
             self._write(progress_path(self.settings, name), document)
 
+    def note_restart(self, name: str, reason: str) -> None:
+        """Count a restart of `name` after a failure (`btcstream stream --max-restarts`), with its reason."""
+        with self._lock:
+            document = self._documents.get(name) or read_progress(self.settings, name) or empty_document()
+            document["restarts"] = int(document.get("restarts") or 0) + 1
+            document["last_restart"] = {"at": datetime.now(timezone.utc).isoformat(), "reason": reason}
+            self._documents[name] = document
+            self._write(progress_path(self.settings, name), document)
+
     def _write(self, path: str, document: dict[str, Any]) -> None:
         directory = path.rsplit("/", 1)[0]
         temporary = f"{directory}/.{uuid.uuid4().hex}.tmp"

@@ -73,6 +73,8 @@ class QueryStatus:
     trades_inserted_total: int = 0
     trade_duplicates_total: int = 0
     error: str | None = None
+    restarts: int = 0  # restarts after a failure by `btcstream stream` (its --max-restarts)
+    last_restart_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -288,6 +290,8 @@ def query_status(settings: Settings, name: str, document: dict[str, Any] | None,
         duplicate_rows_total=int(totals.get("duplicate_rows", 0)),
         trades_inserted_total=int(totals.get("trades_inserted", 0)),
         trade_duplicates_total=int(totals.get("trade_duplicates", 0)), error=document.get("error"),
+        restarts=int(document.get("restarts") or 0),
+        last_restart_reason=(document.get("last_restart") or {}).get("reason"),
     )
 
 
@@ -442,6 +446,8 @@ def format_queries(queries: list[QueryStatus]) -> str:
                      f"{_number(q.quarantined_rows_total):>14}")
         lines.append(f"  raw_data: {q.inserted_rows_total:,} ticks inserted, {q.duplicate_rows_total:,} duplicates skipped")
         lines.append(f"  trades: {q.trades_inserted_total:,} inserted, {q.trade_duplicates_total:,} duplicates skipped")
+        if q.restarts:
+            lines.append(_clip(f"  restarted {q.restarts} time(s) after a failure; last: {q.last_restart_reason}"))
         if q.error:
             lines.append(_clip(f"  error: {_first_line(q.error)}"))
     return "\n".join(lines)
