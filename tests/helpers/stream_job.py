@@ -49,7 +49,9 @@ class StreamJob:
 
     def start(self) -> None:
         with open(self.log_file, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "btcstream", "stream"], env=self.env(),
+            # No restart after a failure: a test must see the first failure, not a retry hiding it.
+            self.process = subprocess.Popen([sys.executable, "-m", "btcstream", "stream", "--max-restarts", "0"],
+                                            env=self.env(),
                                             cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True)
 
