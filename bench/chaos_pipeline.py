@@ -1,4 +1,5 @@
-"""The chaos run's own pipeline and the faults done to it: stack, exchange, producer, job.
+"""The chaos run's own pipeline and the faults done to it: stack, exchange, producer, job (the soak run
+uses the same pipeline without faults).
 
 Everything runs on a stack of its own (other ports, its own state directory, topics and storage
 root) so the default stack (localhost:9092, hdfs://localhost:9000) others use is never touched:

@@ -1,11 +1,12 @@
 """Soak run: the whole pipeline at a steady rate for hours; every minute, each process's memory and files.
 
 What runs (all real, on a stack of its own so a running `btcstream infra up` stack is never touched):
-Kafka + HDFS started by `btcstream.infra.stack` on other ports (`--kafka-port`, `--hdfs-port`) under a
-state directory of its own; the replay exchange (`btcstream exchange`, real-time speed, `--symbols`
-symbols, BTCUSDT real and the others derived from it, `--quotes-per-second` book updates and
-`--trades-per-second` trades per symbol per second); the producer (`btcstream produce --source replay
---feed websocket`); the streaming job (`btcstream stream`). Each is its own process.
+the chaos run's pipeline (`chaos_pipeline.ChaosPipeline`) without faults: Kafka + HDFS started by
+`btcstream.infra.stack` on other ports (`--kafka-port`, `--hdfs-port`) under a state directory of its
+own; the replay exchange in this process (real-time speed, `--symbols` symbols, BTCUSDT real and the
+others derived from it, `--quotes-per-second` book updates and `--trades-per-second` trades per
+symbol per second); the producer (`btcstream produce --source replay --feed websocket`) and the
+streaming job (`btcstream stream`), each its own process.
 
 Every `--sample-seconds` (60) it records, per process (broker, hdfs, job driver = the `btcstream
 stream` Python process plus its JVM, producer): resident memory (RSS) and open file descriptors; and
@@ -29,11 +30,8 @@ import argparse
 import csv
 import json
 import logging
-import os
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,12 +47,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the derived-symbol histories the WebSocket benchmarks use
 from helpers.replay_exchange import symbol_histories  # noqa: E402
 
-from btcstream.infra import stack  # noqa: E402
 from btcstream.infra.hdfs import Hdfs  # noqa: E402
 from btcstream.infra.kafka import KafkaBroker  # noqa: E402
-from btcstream.settings import Settings, load_settings  # noqa: E402
-from btcstream.storage.checkpoints import committed_kafka_offsets  # noqa: E402
+from btcstream.settings import Settings  # noqa: E402
 from btcstream.streaming.progress import read_progress  # noqa: E402
+
+from chaos_pipeline import ChaosConfig, ChaosPipeline  # noqa: E402 - the same isolated pipeline, without faults
 
 RESULTS = ROOT / "bench" / "results"
 GROWTH_FRACTION, GROWTH_FLOOR = {"rss_mib": 0.10, "fds": 0.20}, {"rss_mib": 64.0, "fds": 20.0}
@@ -75,48 +73,6 @@ class Sample:
     hdfs_files: int | None = None
 
 
-def soak_settings(args: argparse.Namespace, state: Path) -> Settings:
-    """Settings of the soak's own stack: other ports, its own state dir, topics and storage root."""
-    return load_settings(env={}).replace(
-        kafka_bootstrap=f"localhost:{args.kafka_port}", storage_root=f"hdfs://localhost:{args.hdfs_port}/soak",
-        webhdfs_port=args.webhdfs_port, state_dir=state, topic="soak-ticks", trades_topic="soak-trades",
-        alerts_topic="soak-alerts", trigger_interval_s=args.trigger_seconds, spark_master="local[2]",
-        ws_max_quotes_hz=max(10.0, args.quotes_per_second))
-
-
-def environment(settings: Settings, exchange_ports: tuple[int, int, int], symbols: list[str]) -> dict[str, str]:
-    """The environment of the producer and the job: the soak's settings, the local exchange's URLs."""
-    http, coingecko, ws = exchange_ports
-    values = {"KAFKA_BOOTSTRAP": settings.kafka_bootstrap, "STORAGE_ROOT": settings.storage_root,
-              "WEBHDFS_PORT": str(settings.webhdfs_port), "STATE_DIR": str(settings.state_dir),
-              "TOPIC": settings.topic, "TRADES_TOPIC": settings.trades_topic, "ALERTS_TOPIC": settings.alerts_topic,
-              "TRIGGER_INTERVAL_S": str(settings.trigger_interval_s), "SPARK_MASTER": settings.spark_master,
-              "SYMBOLS": ",".join(symbols), "WS_MAX_QUOTES_HZ": str(settings.ws_max_quotes_hz),
-              "BINANCE_URL": f"http://127.0.0.1:{http}", "COINGECKO_URL": f"http://127.0.0.1:{coingecko}/api/v3",
-              "BINANCE_WS_URL": f"ws://127.0.0.1:{ws}"}
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BTCSTREAM_")}
-    env.update({f"BTCSTREAM_{key}": value for key, value in values.items()})
-    return env
-
-
-def start(command: list[str], env: dict[str, str], log_file: Path) -> subprocess.Popen:
-    """A btcstream command in its own process group, output to `log_file`."""
-    with open(log_file, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "btcstream", *command], env=env, cwd=ROOT, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop(process: subprocess.Popen | None, timeout: float = 120.0) -> None:
-    if process is None or process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-
-
 def memory_and_files(pid: int | None, with_children: bool = False) -> tuple[float, int] | None:
     """(RSS in MiB, open descriptors) of a process (and its children: the job's JVM), None when gone."""
     if pid is None:
@@ -129,26 +85,13 @@ def memory_and_files(pid: int | None, with_children: bool = False) -> tuple[floa
         return None
 
 
-def kafka_lag(settings: Settings) -> int | None:
-    """Records in both topics that the job's checkpoint has not committed yet."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    from btcstream.clients.kafka import kafka_python_options
-
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, **kafka_python_options(settings))
-    try:
-        lag = 0
-        for topic in (settings.topic, settings.trades_topic):
-            parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-            ends = consumer.end_offsets(parts) if parts else {}
-            committed = committed_kafka_offsets(settings, "ingest", topic) or {}
-            lag += sum(max(0, end - committed.get(tp.partition, 0)) for tp, end in ends.items())
-        return lag
-    except Exception as error:  # noqa: BLE001 - a sample without lag, said so in the log
-        log.warning("lag unknown: %s", error)
+def kafka_lag(pipeline: ChaosPipeline) -> int | None:
+    """Records in both topics that the job's checkpoint has not committed yet (None: unknown now)."""
+    ends, committed = pipeline.end_offsets(), pipeline.committed_offsets()
+    if ends is None or committed is None:
+        log.warning("lag unknown: the broker or the checkpoint did not answer")
         return None
-    finally:
-        consumer.close()
+    return sum(max(0, ends[topic] - committed.get(topic, 0)) for topic in ends)
 
 
 def hdfs_files(settings: Settings) -> int | None:
@@ -169,13 +112,14 @@ def last_batch_ms(settings: Settings) -> float | None:
     return float(duration) if duration is not None else None
 
 
-def take_sample(settings: Settings, started: float, pids: dict[str, int | None]) -> Sample:
+def take_sample(pipeline: ChaosPipeline, started: float, pids: dict[str, int | None]) -> Sample:
+    settings = pipeline.settings
     sample = Sample(at=time.monotonic() - started)
     for name, pid in pids.items():
         reading = memory_and_files(pid, with_children=name == "job_driver")
         if reading is not None:
             sample.rss_mib[name], sample.fds[name] = reading
-    sample.lag, sample.batch_ms, sample.hdfs_files = kafka_lag(settings), last_batch_ms(settings), hdfs_files(settings)
+    sample.lag, sample.batch_ms, sample.hdfs_files = kafka_lag(pipeline), last_batch_ms(settings), hdfs_files(settings)
     return sample
 
 
@@ -289,61 +233,52 @@ def main() -> int:
     parser.add_argument("--kafka-port", type=int, default=20092)
     parser.add_argument("--hdfs-port", type=int, default=20000)
     parser.add_argument("--webhdfs-port", type=int, default=20870)
-    parser.add_argument("--exchange-ports", type=int, nargs=3, default=(20080, 20081, 20082), metavar=("HTTP", "COINGECKO", "WS"))
     parser.add_argument("--keep-state", action="store_true", help="leave the soak's state dir (logs, HDFS data) behind")
     args = parser.parse_args()
     state = Path(tempfile.mkdtemp(prefix="btcstream-soak-"))
-    settings = soak_settings(args, state)
-    histories = symbol_histories(state, args.symbols)
-    env = environment(settings, tuple(args.exchange_ports), list(histories))
+    config = ChaosConfig(state_dir=state, kafka_port=args.kafka_port, hdfs_port=args.hdfs_port,
+                         webhdfs_port=args.webhdfs_port, symbols=args.symbols, quotes_per_second=args.quotes_per_second,
+                         trades_per_second=args.trades_per_second, speed=1.0, trigger_s=args.trigger_seconds)
+    pipeline = ChaosPipeline(config, symbol_histories(state, args.symbols))
     rate = args.symbols * (args.quotes_per_second + args.trades_per_second + 1)
-    processes: dict[str, subprocess.Popen | None] = {"exchange": None, "producer": None, "job": None}
     samples: list[Sample] = []
+    restarts = 0
     drained_lag: int | None = None
     finished = False
     log.info("soak: %g minutes, ~%.0f messages/s, state in %s", args.minutes, rate, state)
     try:
-        for line in stack.up(settings):
-            log.info(line)
-        http, coingecko, ws = args.exchange_ports
-        processes["exchange"] = start(
-            ["exchange", "--speed", "1", "--port", str(http), "--coingecko-port", str(coingecko), "--ws-port", str(ws),
-             "--ws-quotes-per-second", str(args.quotes_per_second), "--ws-trades-per-second", str(args.trades_per_second),
-             *(arg for symbol, path in histories.items() for arg in ("--history", f"{symbol}={path}"))],
-            env, state / "exchange.log")
-        time.sleep(5.0)
-        processes["job"] = start(["stream"], env, state / "stream.log")
-        processes["producer"] = start(["produce", "--source", "replay", "--feed", "websocket"], env, state / "produce.log")
+        pipeline.start()
         started = time.monotonic()
-        pids = {"broker": KafkaBroker(settings).pid(), "hdfs": Hdfs(settings).pid(),
-                "job_driver": processes["job"].pid, "producer": processes["producer"].pid}
+        pids = {"broker": KafkaBroker(pipeline.settings).pid(), "hdfs": Hdfs(pipeline.settings).pid(),
+                "job_driver": pipeline.job.process.pid, "producer": pipeline.producer.process.pid}
         while time.monotonic() - started < args.minutes * 60:
             time.sleep(args.sample_seconds)
-            for name in ("exchange", "job", "producer"):
-                if processes[name].poll() is not None:
-                    raise RuntimeError(f"the {name} exited ({processes[name].returncode}): see {state}/{name}.log")
-            samples.append(take_sample(settings, started, pids))
+            for process in (pipeline.job, pipeline.producer):
+                if not process.alive():  # a soak has no faults: any exit fails it
+                    raise RuntimeError(f"the {process.name} exited ({process.process.returncode}): "
+                                       f"see {process.log_file}")
+            samples.append(take_sample(pipeline, started, pids))
             last = samples[-1]
             log.info("minute %.0f: rss %s, lag %s, batch %s ms, files %s", last.at / 60,
                      {k: round(v) for k, v in last.rss_mib.items()}, last.lag, last.batch_ms, last.hdfs_files)
-        stop(processes["producer"])
+        restarts = int((read_progress(pipeline.settings, "btcstream_ingest") or {}).get("restarts") or 0)
+        pipeline.stop_producer()
         deadline = time.monotonic() + args.drain_minutes * 60
         while time.monotonic() < deadline:
-            drained_lag = kafka_lag(settings)
+            drained_lag = kafka_lag(pipeline)
             if drained_lag is not None and drained_lag <= LAG_NEAR_ZERO:
                 break
             time.sleep(10)
         finished = True
     finally:
-        for name in ("producer", "job", "exchange"):
-            stop(processes[name])
-        for line in stack.down(settings):
-            log.info(line)
+        pipeline.stop()
         if finished and not args.keep_state:
             shutil.rmtree(state, ignore_errors=True)
         else:
             log.info("logs and data left in %s", state)
     lines, failures = verdict(samples, args.warm_up_minutes * 60, rate * 60, drained_lag)
+    if restarts:  # `btcstream stream` restarted its failed query: a soak has no faults to explain that
+        failures.append(f"the job's query failed and was restarted {restarts} time(s): see {pipeline.job.log_file}")
     print(write_results(args, samples, lines, failures, drained_lag, rate))
     return 1 if failures else 0
 
