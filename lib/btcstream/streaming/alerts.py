@@ -127,7 +127,7 @@ class AlertStage:
         import pyarrow as pa
         from deltalake import write_deltalake
 
-        stored = _stored_keys(self.url, {alert.time.date() for alert in alerts})
+        stored = _stored_keys(self.settings, alerts)
         new = [alert for alert in alerts if (alert.symbol, alert.metric, alert.time) not in stored]
         if new:
             now = datetime.now(timezone.utc)
@@ -193,18 +193,11 @@ class AlertStage:
             self._producer = None
 
 
-def _stored_keys(url: str, dates: set) -> set[tuple[str, str, datetime]]:
-    """(symbol, metric, time) of the stored alerts on `dates` (empty before the table exists)."""
-    from deltalake import DeltaTable as LogReader
+def _stored_keys(settings: Settings, alerts: Sequence[Alert]) -> set[tuple[str, str, datetime]]:
+    """(symbol, metric, time) of the stored alerts in the minutes `alerts` span (empty before the table exists)."""
+    from btcstream.storage.readers import TimeRange, read_alerts
 
-    if not LogReader.is_deltatable(url):
-        return set()
-    wanted = sorted(day.isoformat() for day in dates)
-    rows = (LogReader(url).to_pyarrow_dataset(file_pruning_predicate=[("date", "in", wanted)])
-            .to_table(columns=["symbol", "metric", "time"], use_threads=False).to_pylist())
-    return {(row["symbol"], row["metric"], _aware(row["time"])) for row in rows}
-
-
-def _aware(moment: datetime) -> datetime:
-    """A timestamp read by delta-rs (naive UTC, or aware) as a UTC-aware datetime."""
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+    span = TimeRange(min(alert.time for alert in alerts), max(alert.time for alert in alerts) + MINUTE)
+    stored = read_alerts(settings, span, engine="pyarrow")
+    return {(symbol, metric, moment.to_pydatetime())
+            for symbol, metric, moment in zip(stored["symbol"], stored["metric"], stored["time"])}

@@ -32,8 +32,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from btcstream.names import FORECASTS_COLUMNS, FORECASTS_DATASET, HOURLY_DATASET
+from btcstream.names import FORECASTS_COLUMNS, FORECASTS_DATASET
 from btcstream.settings import Settings
+from btcstream.storage.readers import read_forecasts, read_hourly_metrics
 
 if TYPE_CHECKING:
     from btcstream.analytics.forecasters import Forecaster
@@ -78,7 +79,6 @@ class ForecastStage:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.url = settings.storage_url(FORECASTS_DATASET)
-        self.hourly_url = settings.storage_url(HOURLY_DATASET)
         self.models = settings.forecast_model_names
         self.fitted: dict[tuple[str, str], _Fitted] = {}
         self.checked = False  # the tables were compared once since the start (catch-up after a restart)
@@ -89,11 +89,11 @@ class ForecastStage:
             return ForecastCounts()
         self.checked = True
         started = time.perf_counter()
-        hourly = _read(self.hourly_url)
+        hourly = read_hourly_metrics(self.settings, engine="pyarrow")
         if hourly.empty:
             return ForecastCounts()
         final = hourly[hourly["is_final"].astype(bool)]
-        stored = _read(self.url)
+        stored = read_forecasts(self.settings, engine="pyarrow")
         now = datetime.now(timezone.utc)
         new_rows: list[dict] = []
         waiting = 0
@@ -211,19 +211,6 @@ class ForecastStage:
 
 def _model(models: list[Forecaster], name: str) -> Forecaster:
     return next(model for model in models if model.name == name)
-
-
-def _read(url: str) -> pd.DataFrame:
-    """A small Delta table whole, in the driver (empty frame before it exists); times UTC-aware."""
-    from deltalake import DeltaTable as LogReader
-
-    if not LogReader.is_deltatable(url):
-        return pd.DataFrame()
-    frame = LogReader(url).to_pyarrow_dataset().to_table(use_threads=False).to_pandas()
-    for column in ("window_start", "window_end", "for_hour", "made_at", "updated_at"):
-        if column in frame.columns:
-            frame[column] = pd.to_datetime(frame[column], utc=True)
-    return frame
 
 
 def _realized_of(final: pd.DataFrame, symbol: str, hour: datetime) -> float | None:
