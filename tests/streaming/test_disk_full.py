@@ -176,59 +176,47 @@ def start_and_drain(job: StreamJob, settings: Settings) -> None:
     job.wait_until(drained(settings), "the job to catch up with the topic", timeout=DRAIN_TIMEOUT_S)
 
 
+def run_until_refused(job: StreamJob, settings: Settings, produced: list[tick.Tick], rng: random.Random,
+                      refuse) -> str:
+    """Start `job`, let it store what is in the topic, call `refuse()` (fill or remount the volume), feed it
+    until it exits; its exit code must be 2; its last line."""
+    try:
+        start_and_drain(job, settings)
+        refuse()
+        feed_until_exit(job, settings, produced, rng)
+    finally:
+        job.stop()
+    assert job.process.returncode == 2, job.log_tail()
+    return last_line(job.log_file)
+
+
 @pytest.mark.integration
-def test_disk_full_stops_with_one_line_and_resumes_losing_nothing(volume_settings: Settings, small_volume: Path,
-                                                                   tmp_path: Path) -> None:
+def test_full_then_read_only_root_stops_with_one_line_and_resumes_losing_nothing(
+        volume_settings: Settings, small_volume: Path, tmp_path: Path) -> None:
+    """One job after another on the same root: it fills up (stop), space comes back (resume), it turns
+    read-only (stop), writable again (resume); every tick produced is stored exactly once."""
     settings, rng = volume_settings, random.Random(15)
     produced = ticks_from(0, 500, rng)
     produce(settings, produced)
-    job = StreamJob(settings, tmp_path / "stream-1.log")
-    try:
-        start_and_drain(job, settings)
-        filler = fill(small_volume, HEADROOM)
-        feed_until_exit(job, settings, produced, rng)
-    finally:
-        job.stop()
-    line = last_line(job.log_file)
-    assert job.process.returncode == 2, job.log_tail()
+    filler: list[Path] = []
+    line = run_until_refused(StreamJob(settings, tmp_path / "stream-1.log"), settings, produced, rng,
+                             lambda: filler.append(fill(small_volume, HEADROOM)))
     assert line == (f"btcstream: error: storage root {settings.storage_root} is full (No space left on device): "
                     f"free space there or grow the volume, then run `btcstream stream` again; it resumes from its "
-                    f"checkpoint and nothing is lost"), job.log_tail()
+                    f"checkpoint and nothing is lost")
 
-    filler.unlink()
+    filler[0].unlink()
     _remount(small_volume, "size=64m")  # the space is back, and more
-    resumed = StreamJob(settings, tmp_path / "stream-2.log")
-    try:
-        start_and_drain(resumed, settings)
-        more = ticks_from(len(produced), 200, rng)
-        produce(settings, more)
-        produced.extend(more)
-        resumed.wait_until(drained(settings), "the resumed job to store the new ticks", timeout=DRAIN_TIMEOUT_S)
-    finally:
-        assert resumed.stop() == 0, resumed.log_tail()
-    assert_exactly_once(settings, produced)
-
-
-@pytest.mark.integration
-def test_read_only_root_stops_with_one_line_and_resumes_losing_nothing(volume_settings: Settings, small_volume: Path,
-                                                                       tmp_path: Path) -> None:
-    settings, rng = volume_settings, random.Random(16)
-    produced = ticks_from(0, 500, rng)
-    produce(settings, produced)
-    job = StreamJob(settings, tmp_path / "stream-1.log")
-    try:
-        start_and_drain(job, settings)
-        _remount(small_volume, "ro")
-        feed_until_exit(job, settings, produced, rng)
-    finally:
-        job.stop()
-    line = last_line(job.log_file)
-    assert job.process.returncode == 2, job.log_tail()
-    assert line.startswith(f"btcstream: error: storage root {settings.storage_root} is read-only "), job.log_tail()
+    more = ticks_from(len(produced), 200, rng)
+    produce(settings, more)
+    produced.extend(more)
+    line = run_until_refused(StreamJob(settings, tmp_path / "stream-2.log"), settings, produced, rng,
+                             lambda: _remount(small_volume, "ro"))
+    assert line.startswith(f"btcstream: error: storage root {settings.storage_root} is read-only "), line
     assert "make it writable again" in line and "nothing is lost" in line, line
 
     _remount(small_volume, "rw")
-    resumed = StreamJob(settings, tmp_path / "stream-2.log")
+    resumed = StreamJob(settings, tmp_path / "stream-3.log")
     try:
         start_and_drain(resumed, settings)
     finally:
