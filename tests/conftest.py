@@ -83,6 +83,16 @@ def kafka_broker(local_stack: Settings) -> KafkaBroker:
 
 
 @pytest.fixture(scope="session")
+def pipeline_report(local_stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, list]:
+    """One real pipeline run by notebook 01 and the report of all four notebooks over it (built once per
+    session, `helpers.pipeline_report`): its settings and the `NotebookRun`s."""
+    from helpers.pipeline_report import build_pipeline_report, report_settings
+
+    settings = report_settings(local_stack)
+    return settings, build_pipeline_report(settings, tmp_path_factory.mktemp("reports"))
+
+
+@pytest.fixture(scope="session")
 def spark(tmp_path_factory: pytest.TempPathFactory):
     """One local Spark session (two cores, no Kafka connector needed) for the DataFrame tests.
 

@@ -27,7 +27,6 @@ import sys
 import threading
 import time
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
@@ -38,8 +37,7 @@ import pytest
 
 from btcstream.settings import Settings
 from btcstream.workbench import plots
-from btcstream.workbench.report import (HOURLY_NOTEBOOK, NOTEBOOK_DIR, NOTEBOOKS, PIPELINE_NOTEBOOK, PLOTLY_MIME,
-                                        STREAMING_NOTEBOOK, NotebookRun, build_report)
+from btcstream.workbench.report import HOURLY_NOTEBOOK, NOTEBOOK_DIR, NOTEBOOKS, PLOTLY_MIME, NotebookRun
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
@@ -76,19 +74,10 @@ def browser() -> Iterator:
 
 
 @pytest.fixture(scope="module")
-def workbench_run(local_stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, list[NotebookRun]]:
-    """The pipeline run by notebook 01 into a fresh topic and HDFS root, and the report of 01, 02 and 03."""
-    settings = local_stack.replace(topic=(topic := f"test-{uuid.uuid4().hex[:10]}"), trades_topic=f"{topic}-trades",
-                                   storage_root=local_stack.storage_url(uuid.uuid4().hex[:8]))
-    common = {"storage_root": settings.storage_root, "topic": settings.topic, "spark_master": "local[2]"}
-    runs = build_report({
-        PIPELINE_NOTEBOOK: {**common, "trades_topic": settings.trades_topic,
-                            "duration_s": 30, "replay_speed": 1800, "progress_every_s": 5,
-                            "replay_start": "2021-05-19T00:00"},
-        STREAMING_NOTEBOOK: {**common, "duration_s": 6, "refresh_every_s": 3},
-        HOURLY_NOTEBOOK: {"storage_root": settings.storage_root},
-    }, output_dir=tmp_path_factory.mktemp("reports"))
-    return settings, runs
+def workbench_run(pipeline_report: tuple[Settings, list]) -> tuple[Settings, list[NotebookRun]]:
+    """The pipeline run by notebook 01 into a fresh topic and HDFS root, and the report of all four
+    notebooks (the session's `pipeline_report`, shared with tests/workbench/test_notebooks.py)."""
+    return pipeline_report
 
 
 def figure_count(executed: Path) -> int:
@@ -351,9 +340,9 @@ def test_report_pages_render_every_chart_offline(workbench_run, browser) -> None
             assert len(drawn) == expected and all(count >= 1 for count in drawn), (run.html.name, drawn)
             assert page.locator(".jp-RenderedText[data-mime-type='application/vnd.jupyter.stderr']").count() == 0, \
                 f"{run.html.name} shows stderr output"
-        if runs[-1].notebook == HOURLY_NOTEBOOK:
-            page.locator(".js-plotly-plot").first.scroll_into_view_if_needed()
-            screenshot(page, "report_notebook03.png")
+            if run.notebook == HOURLY_NOTEBOOK:
+                page.locator(".js-plotly-plot").first.scroll_into_view_if_needed()
+                screenshot(page, "report_notebook03.png")
         page.goto((report_dir / "index.html").as_uri(), timeout=PAGE_TIMEOUT_MS)
         for notebook in NOTEBOOKS:
             assert page.get_by_text(notebook).count() >= 1, f"index.html does not list {notebook}"

@@ -161,25 +161,16 @@ def text_outputs(executed: Path) -> str:
 
 
 @pytest.mark.integration
-def test_notebooks_run_the_pipeline_and_chart_what_it_stored(test_settings: Settings, tmp_path: Path) -> None:
-    from btcstream.workbench.report import FORECAST_NOTEBOOK, PIPELINE_NOTEBOOK, STREAMING_NOTEBOOK
+def test_notebooks_run_the_pipeline_and_chart_what_it_stored(pipeline_report: tuple[Settings, list]) -> None:
     from btcstream.storage.readers import read_forecasts, read_latest_alerts, read_raw_ticks, read_trades
 
-    common = {"storage_root": test_settings.storage_root, "topic": test_settings.topic, "spark_master": "local[2]"}
-    runs = build_report({
-        PIPELINE_NOTEBOOK: {**common, "trades_topic": test_settings.trades_topic,
-                            "duration_s": 40, "replay_speed": 1800, "progress_every_s": 5,
-                            "replay_start": "2021-05-19T00:00"},
-        STREAMING_NOTEBOOK: {**common, "duration_s": 8, "refresh_every_s": 4, "window": "15 minutes"},
-        HOURLY_NOTEBOOK: {"storage_root": test_settings.storage_root, "engine": "pyarrow"},
-        FORECAST_NOTEBOOK: {"storage_root": test_settings.storage_root, "evaluate_periods": 48, "min_train": 200},
-    }, output_dir=tmp_path / "reports")
+    test_settings, runs = pipeline_report
     pipeline_run, streaming_run, hourly_run, forecast_run = runs
     for run in runs:
         assert errors(run.executed) == [], run.notebook
         assert stderr_outputs(run.executed) == [], run.notebook  # no JVM start-up noise: it goes to a log file
         assert_offline_html(run.html, figure_count=len(figures(run.executed)))
-    report_dir = tmp_path / "reports"
+    report_dir = runs[0].html.parent
     assert sum(run.html.stat().st_size for run in runs) < 2_000_000  # plotly.js is not repeated in each page
     assert [path.name for path in report_dir.glob("*.js")] == [PLOTLY_JS_FILE]
 
