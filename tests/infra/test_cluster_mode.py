@@ -76,45 +76,6 @@ def run_driver(script: str, settings: Settings, *args: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-KAFKA_TO_HDFS = """
-    import json, sys
-    from pyspark.sql import functions as F
-    from btcstream.settings import load_settings
-    from btcstream.clients.spark import spark_session
-    from btcstream.clients.kafka import spark_kafka_options
-    settings = load_settings()
-    spark = spark_session(settings, "btcstream-kafka-batch")
-    # Reading Kafka and writing HDFS both happen in executor tasks: the connector jars must have
-    # been shipped to the executors by the driver (spark.jars).
-    rows = (spark.read.format("kafka").option("kafka.bootstrap.servers", settings.kafka_bootstrap)
-            .options(**spark_kafka_options(settings)).option("subscribe", settings.topic)
-            .option("startingOffsets", "earliest").load())
-    target = settings.storage_url("kafka_copy")
-    rows.select(F.col("key").cast("string").alias("symbol"), F.col("value").cast("string").alias("json")) \\
-        .write.mode("overwrite").parquet(target)
-    copied = spark.read.parquet(target)
-    block_managers = spark.sparkContext._jsc.sc().getExecutorMemoryStatus().size()
-    print(json.dumps({"master": spark.sparkContext.master, "rows": copied.count(),
-                      "symbols": sorted({r.symbol for r in copied.select("symbol").collect()}),
-                      "block_managers": block_managers}))
-    spark.stop()
-"""
-
-
-def test_kafka_source_and_hdfs_sink_run_on_standalone_executors(standalone, test_settings):
-    records = ticks()
-    produce(test_settings, records)
-    settings = test_settings.replace(spark_master=standalone.master_url)
-
-    result = run_driver(KAFKA_TO_HDFS, settings)
-
-    assert result["master"] == standalone.master_url
-    assert result["rows"] == len(records)
-    assert result["symbols"] == ["BTCUSDT"]
-    assert result["block_managers"] >= 2  # the driver's and at least one executor's
-    assert "btcstream-kafka-batch" in standalone.status().completed_apps
-
-
 STREAMING_JOB = """
     import json, sys, time
     from btcstream import names
@@ -164,6 +125,8 @@ def test_streaming_job_on_standalone_writes_the_same_hourly_metrics_as_local(sta
                for label, settings in runs.items()}
     print("cluster-mode runs:", results)
 
+    # The Kafka source and the Delta sink on HDFS run in the executor's tasks: the connector and Delta jars
+    # were shipped to it (spark.jars), and what it wrote equals the local run's.
     assert results["cluster"]["master"] == standalone.master_url and results["cluster"]["executors"] == 1
     assert results["local"]["master"] == "local[2]" and results["local"]["executors"] == 0
     for label, result in results.items():
