@@ -104,7 +104,10 @@ def offline(tmp_path: Path) -> Settings:
     return Settings(storage_root=f"file://{tmp_path}/store", kafka_bootstrap="localhost:1")
 
 
-HDFS_DOWN = ConnectionRefusedError("Call From host to localhost:9000 failed on connection exception: Connection refused")
+# What a failure in the batch function looks like: py4j's useless first line, the JVM cause inside.
+HDFS_DOWN = RuntimeError("An exception was raised by the Python Proxy. Return Message: Traceback (most recent call last):\n"
+                         "  ...\nCaused by: java.net.ConnectException: Call From host to localhost:9000 failed on "
+                         "connection exception: Connection refused\n\tat org.apache.hadoop.ipc.Client.call")
 
 
 def test_a_failed_query_is_restarted_with_growing_waits_and_counted(monkeypatch: pytest.MonkeyPatch,
@@ -114,7 +117,9 @@ def test_a_failed_query_is_restarted_with_growing_waits_and_counted(monkeypatch:
     fake, waits = supervise(monkeypatch, offline(tmp_path), [failing, HDFS_DOWN, None])
     assert fake.starts == 3
     assert waits == list(stream.RESTART_BACKOFF_S[:2])
-    assert len(fake.restarts) == 2 and all("Connection refused" in reason for reason in fake.restarts)
+    assert len(fake.restarts) == 2
+    assert all(reason.endswith(": java.net.ConnectException: Call From host to localhost:9000 failed on connection "
+                               "exception: Connection refused") for reason in fake.restarts), fake.restarts
 
 
 def test_gives_up_after_max_restarts_with_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -122,6 +127,7 @@ def test_gives_up_after_max_restarts_with_one_line(monkeypatch: pytest.MonkeyPat
         supervise(monkeypatch, offline(tmp_path), [FakeQuery(INGEST_QUERY, HDFS_DOWN)], max_restarts=2)
     message = str(failed.value)
     assert "\n" not in message and "Connection refused" in message and "after 2 restarts" in message
+    assert "Python Proxy" not in message  # the JVM's cause, not py4j's wrapper
     assert "btcstream stream" in message  # the fix: run it again, it resumes from its checkpoint
 
 

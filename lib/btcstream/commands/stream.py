@@ -99,12 +99,14 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
                 refusal = storage_refusal(settings, text)
                 if refusal is not None:
                     raise refusal
+                # The innermost JVM cause (e.g. java.io.EOFException): the first line of a failure in the
+                # batch function is py4j's "An exception was raised by the Python Proxy", which says nothing.
+                reason = job.root_cause_line(text)
                 if restarts >= args.max_restarts:
                     tried = f" (after {restarts} restarts)" if restarts else ""
-                    raise StreamingQueryFailed(name, _first_line(error) + tried)
+                    raise StreamingQueryFailed(name, reason + tried)
                 delay = RESTART_BACKOFF_S[min(restarts, len(RESTART_BACKOFF_S) - 1)]
                 restarts += 1
-                reason = _first_line(error)
                 log.warning("query %s failed (%s); restarting it from its checkpoint in %.0f s (restart %d of %d)",
                             name, reason, delay, restarts, args.max_restarts)
                 job.note_restart(spark, name, reason)
@@ -137,11 +139,6 @@ def _failure(queries: list) -> tuple[str, BaseException | str] | None:
         if not query.isActive:
             return query.name, query.exception() or "stopped unexpectedly"
     return None
-
-
-def _first_line(error: BaseException | str) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
 
 
 def _stop_session(spark) -> None:
