@@ -302,4 +302,8 @@ def test_records_whose_delivery_expires_while_the_broker_is_away_are_sent_again(
     assert (publisher.counts.sent, publisher.counts.failed, publisher.pending) == (20, 0, 0)
     assert publisher.counts.resent > 0  # the path under test: expired while away, then sent again
     received = sorted(Tick.from_json(r.value).event_time for r in read_topic(test_settings, 20))
-    assert received == sorted(set(received)) == sorted(t.event_time for t in ticks)
+    assert sorted(set(received)) == sorted(t.event_time for t in ticks)  # nothing lost
+    # A delivery timeout is ambiguous in Kafka: the broker may have appended the batch before it went
+    # away and the answer was lost. Sending it again is at least once: a copy is possible, only of a
+    # record sent again (the job stores each tick once: raw_data is deduplicated on its key).
+    assert len(received) - len(set(received)) <= publisher.counts.resent
