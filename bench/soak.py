@@ -30,6 +30,7 @@ import argparse
 import csv
 import json
 import logging
+import os
 import shutil
 import statistics
 import sys
