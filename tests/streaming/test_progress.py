@@ -52,3 +52,18 @@ def test_the_writer_persists_noted_counts_with_their_batch_and_survives_a_restar
     assert stored == json.loads(Path(progress.progress_path(settings, INGEST_QUERY)).read_text())
     assert (stored["totals"]["batches"], stored["totals"]["input_rows"], stored["totals"]["inserted_rows"],
             stored["totals"]["duplicate_rows"]) == (2, 10, 9, 1)
+
+
+def test_each_batch_keeps_where_its_time_went_and_totals_do_not_sum_it(tmp_path: Path) -> None:
+    writer = progress.ProgressWriter(Settings(storage_root=f"file://{tmp_path}"))
+    writer.note_batch(INGEST_QUERY, 0, {"input_rows": 4}, {"clock": 40, "tables": 3100, "hourly": 2400, "alerts": 5})
+    writer.record(spark_progress(0, 4))
+    writer.note_batch(INGEST_QUERY, 1, {"input_rows": 2})  # a batch noted without its stage times
+    writer.record(spark_progress(1, 2))
+
+    stored = progress.read_progress(writer.settings, INGEST_QUERY)
+    first, second = stored["history"]
+    # In the order the batch runs them (progress.BATCH_STAGES), whatever order they were noted in.
+    assert list(first["stage_ms"].items()) == [("clock", 40), ("tables", 3100), ("hourly", 2400), ("alerts", 5)]
+    assert "stage_ms" not in second
+    assert not any("stage" in key or key in progress.BATCH_STAGES for key in stored["totals"])

@@ -193,6 +193,19 @@ def test_restarts_after_failures_are_counted_with_the_last_reason(settings: Sett
     assert "restarted 2 time(s) after a failure; last: java.io.EOFException" in status.format_queries([query])
 
 
+def test_the_last_batch_shows_where_its_time_went(settings: Settings) -> None:
+    writer = record_batches(settings, [{"input_rows": 10}])
+    writer.note_batch(INGEST_QUERY, 1, {"input_rows": 5}, {"clock": 0, "tables": 4200, "hourly": 7340, "forecasts": 90,
+                                                           "alerts": 1010})
+    writer.record({"name": INGEST_QUERY, "batchId": 1, "numInputRows": 5, "durationMs": {"triggerExecution": 12700}})
+
+    query = status.status_report(settings, topic=TOPIC).queries[0]
+
+    assert query.stage_ms == {"clock": 0, "tables": 4200, "hourly": 7340, "forecasts": 90, "alerts": 1010}
+    assert ("last batch: clock 0.0 s, tables 4.2 s, hourly 7.3 s, forecasts 0.1 s, alerts 1.0 s"
+            in status.format_queries([query]))
+
+
 def test_json_is_one_object_of_tables_queries_and_hourly(settings: Settings) -> None:
     write_raw(settings, [0])
     record_batches(settings, [{"input_rows": 1, "inserted_rows": 1}])

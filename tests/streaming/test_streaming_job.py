@@ -187,6 +187,9 @@ def test_one_read_stores_late_ticks_quarantines_any_bytes_and_revises_final_hour
         assert counted["inserted_rows"] == len(kept) + len(too_late)
         assert counted["duplicate_rows"] == len(retried) + 1
         assert counted["hourly_revised"] == 1
+        # Each batch says where its time went (`btcstream status` shows the last one's).
+        stages = (read_progress(settings, "btcstream_ingest") or {})["history"][-1]["stage_ms"]
+        assert set(stages) == {"clock", "tables", "hourly", "forecasts", "alerts"} and stages["tables"] > 0
 
         # `btcstream compact` (Delta OPTIMIZE, in its own process) while the job writes: every read,
         # before, during and after, sees each stored tick exactly once.

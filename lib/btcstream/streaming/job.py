@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Iterable
@@ -147,8 +148,10 @@ def raw_schema(spark: SparkSession):
 class IngestBatch:
     """The query's `foreachBatch` function: quarantine + raw_data, then the touched hours, then the counts."""
 
-    def __init__(self, settings: Settings, paths: StreamPaths, progress: ProgressWriter | None = None) -> None:
+    def __init__(self, settings: Settings, paths: StreamPaths, progress: ProgressWriter | None = None,
+                 trigger_s: float | None = None) -> None:
         self.settings = settings
+        self.trigger_s = trigger_s or settings.trigger_interval_s  # a slower batch logs where its time went
         self.paths = paths
         self.allowed_lateness = settings.allowed_lateness_span
         # One writer id per checkpoint location: a new checkpoint restarts batch ids at 0.
@@ -162,22 +165,63 @@ class IngestBatch:
         self.alerts = AlertStage(settings)
 
     def __call__(self, kafka_rows: DataFrame, batch_id: int) -> None:
-        clock = self.event_clock if self.event_clock is not None else stored_event_clock(self.settings)
+        stages = StageTimer()
+        with stages("clock"):  # read from the Delta logs on the first batch only
+            clock = self.event_clock if self.event_clock is not None else stored_event_clock(self.settings)
         late_before = clock - self.allowed_lateness if clock is not None else None
-        counts = self.writer(kafka_rows, batch_id, late_before=late_before)
+        with stages("tables"):
+            counts = self.writer(kafka_rows, batch_id, late_before=late_before)
         if counts.newest_event_time is not None and (clock is None or counts.newest_event_time > clock):
             clock = counts.newest_event_time
         hourly = HourlyCounts(0, 0, 0, 0, 0)
-        if counts.hours and clock is not None:
-            hourly = upsert_hours(kafka_rows.sparkSession, self.paths.raw, self.paths.hourly, list(counts.hours),
-                                  clock, self.allowed_lateness, self.live_dates, trades_url=self.paths.trades,
-                                  grid_seconds=self.grid_seconds)
-        forecasts = self.forecasts(hourly.finalised, hourly.revised)
-        alerts = self.alerts(counts.bars, clock)
+        with stages("hourly"):
+            if counts.hours and clock is not None:
+                hourly = upsert_hours(kafka_rows.sparkSession, self.paths.raw, self.paths.hourly, list(counts.hours),
+                                      clock, self.allowed_lateness, self.live_dates, trades_url=self.paths.trades,
+                                      grid_seconds=self.grid_seconds)
+        with stages("forecasts"):
+            forecasts = self.forecasts(hourly.finalised, hourly.revised)
+        with stages("alerts"):
+            alerts = self.alerts(counts.bars, clock)
         self.event_clock = clock
         log.debug("batch %d: %s; hourly %s; forecasts %s; alerts %s", batch_id, counts, hourly, forecasts, alerts)
+        if stages.total_s > self.trigger_s:
+            log.info("batch %d (%d records) took %.1f s, longer than the %g s trigger: %s", batch_id, counts.records,
+                     stages.total_s, self.trigger_s, stages)
         if self.progress is not None:
-            self.progress.note_batch(INGEST_QUERY, batch_id, batch_counts(counts, hourly, forecasts, alerts))
+            self.progress.note_batch(INGEST_QUERY, batch_id, batch_counts(counts, hourly, forecasts, alerts),
+                                     stages.milliseconds)
+
+
+class StageTimer:
+    """Wall-clock time per named stage of one batch (`progress.BATCH_STAGES`): `with timer("tables"): ...`."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._name: str | None = None
+        self._started = 0.0
+
+    def __call__(self, name: str) -> "StageTimer":
+        self._name = name
+        return self
+
+    def __enter__(self) -> None:
+        self._started = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._name is not None
+        self.seconds[self._name] = self.seconds.get(self._name, 0.0) + time.perf_counter() - self._started
+
+    @property
+    def total_s(self) -> float:
+        return sum(self.seconds.values())
+
+    @property
+    def milliseconds(self) -> dict[str, int]:
+        return {name: round(seconds * 1000) for name, seconds in self.seconds.items()}
+
+    def __str__(self) -> str:
+        return ", ".join(f"{name} {seconds:.1f} s" for name, seconds in self.seconds.items())
 
 
 def batch_counts(counts: BatchCounts, hourly: HourlyCounts, forecasts: ForecastCounts = ForecastCounts(),
@@ -224,7 +268,7 @@ def start_queries(spark: SparkSession, settings: Settings, *, queries: Iterable[
     if INGEST_QUERY in wanted:
         stop_query(spark, INGEST_QUERY)
         query = (kafka_source(spark, settings).writeStream
-                 .foreachBatch(IngestBatch(settings, paths, writer))
+                 .foreachBatch(IngestBatch(settings, paths, writer, interval))
                  .option("checkpointLocation", paths.checkpoints[INGEST_QUERY])
                  .queryName(INGEST_QUERY).trigger(processingTime=f"{interval} seconds").start())
         log.info("started %s (id %s)", INGEST_QUERY, query.id)

@@ -37,6 +37,9 @@ BATCH_COUNTS: tuple[str, ...] = (
     "hourly_opened", "hourly_updated", "hourly_revised", "hourly_finalised",
     "forecasts_written", "alerts_raised", "alert_late_bars", "alerts_unpublished",
 )
+# Where a batch's time went (milliseconds, per batch only, not summed): the batch function's stages
+# (`btcstream.streaming.job.IngestBatch`), in the order they run.
+BATCH_STAGES: tuple[str, ...] = ("clock", "tables", "hourly", "forecasts", "alerts")
 
 
 def progress_path(settings: Settings, query_name: str) -> str:
@@ -65,8 +68,10 @@ def read_progress(settings: Settings, query_name: str) -> dict[str, Any] | None:
     return None
 
 
-def batch_summary(progress: dict[str, Any], counts: dict[str, int] | None = None) -> dict[str, Any]:
-    """The few numbers of one batch worth keeping in the history: timing plus the job's counts."""
+def batch_summary(progress: dict[str, Any], counts: dict[str, int] | None = None,
+                  stage_ms: dict[str, int] | None = None) -> dict[str, Any]:
+    """The few numbers of one batch worth keeping in the history: timing (Spark's, and the job's
+    stages when noted: `stage_ms`) plus the job's counts."""
     counts = counts or {}
     summary: dict[str, Any] = {
         "batch_id": progress.get("batchId"),
@@ -76,6 +81,8 @@ def batch_summary(progress: dict[str, Any], counts: dict[str, int] | None = None
     for key in BATCH_COUNTS:
         summary[key] = int(counts.get(key, 0))
     summary["input_rows"] = int(counts.get("input_rows", progress.get("numInputRows") or 0))
+    if stage_ms:
+        summary["stage_ms"] = {stage: int(stage_ms[stage]) for stage in BATCH_STAGES if stage in stage_ms}
     return summary
 
 
@@ -85,11 +92,11 @@ def empty_document() -> dict[str, Any]:
 
 
 def merge(document: dict[str, Any] | None, progress: dict[str, Any],
-          counts: dict[str, int] | None = None) -> dict[str, Any]:
+          counts: dict[str, int] | None = None, stage_ms: dict[str, int] | None = None) -> dict[str, Any]:
     """The progress document after one more batch (a batch id already counted adds nothing to totals)."""
     document = document or empty_document()
     batch_id = int(progress.get("batchId", -1))
-    summary = batch_summary(progress, counts)
+    summary = batch_summary(progress, counts, stage_ms)
     if batch_id > document["last_batch_id"]:
         totals = document["totals"]
         totals["batches"] = totals.get("batches", 0) + 1
@@ -110,12 +117,17 @@ class ProgressWriter:
         self._fs: fsspec.AbstractFileSystem = storage_filesystem(settings)
         self._documents: dict[str, dict[str, Any] | None] = {}
         self._counts: dict[tuple[str, int], dict[str, int]] = {}  # (query, batch id) -> counts noted
+        self._stage_ms: dict[tuple[str, int], dict[str, int]] = {}  # (query, batch id) -> stage times noted
         self._lock = threading.Lock()
 
-    def note_batch(self, name: str, batch_id: int, counts: dict[str, int]) -> None:
-        """Keep what the job's batch function counted until Spark reports that batch's progress."""
+    def note_batch(self, name: str, batch_id: int, counts: dict[str, int],
+                   stage_ms: dict[str, int] | None = None) -> None:
+        """Keep what the job's batch function counted (and how long its stages took, `BATCH_STAGES`)
+        until Spark reports that batch's progress."""
         with self._lock:
             self._counts[(name, batch_id)] = dict(counts)
+            if stage_ms:
+                self._stage_ms[(name, batch_id)] = dict(stage_ms)
 
     def record(self, progress: dict[str, Any]) -> None:
         """Fold one `StreamingQueryProgress` (as a dict) into its query's document and persist it."""
@@ -125,8 +137,9 @@ class ProgressWriter:
         with self._lock:
             if name not in self._documents:
                 self._documents[name] = read_progress(self.settings, name)
-            counts = self._counts.pop((name, int(progress.get("batchId", -1))), None)
-            document = merge(self._documents[name], progress, counts)
+            key = (name, int(progress.get("batchId", -1)))
+            counts, stage_ms = self._counts.pop(key, None), self._stage_ms.pop(key, None)
+            document = merge(self._documents[name], progress, counts, stage_ms)
             self._documents[name] = document
             self._write(progress_path(self.settings, name), document)
 

@@ -75,6 +75,7 @@ class QueryStatus:
     error: str | None = None
     restarts: int = 0  # restarts after a failure by `btcstream stream` (its --max-restarts)
     last_restart_reason: str | None = None
+    stage_ms: dict[str, int] | None = None  # where the last batch's time went (progress.BATCH_STAGES)
 
 
 @dataclass(frozen=True)
@@ -292,6 +293,7 @@ def query_status(settings: Settings, name: str, document: dict[str, Any] | None,
         trade_duplicates_total=int(totals.get("trade_duplicates", 0)), error=document.get("error"),
         restarts=int(document.get("restarts") or 0),
         last_restart_reason=(document.get("last_restart") or {}).get("reason"),
+        stage_ms=((document.get("history") or [{}])[-1] or {}).get("stage_ms"),
     )
 
 
@@ -446,6 +448,9 @@ def format_queries(queries: list[QueryStatus]) -> str:
                      f"{_number(q.quarantined_rows_total):>14}")
         lines.append(f"  raw_data: {q.inserted_rows_total:,} ticks inserted, {q.duplicate_rows_total:,} duplicates skipped")
         lines.append(f"  trades: {q.trades_inserted_total:,} inserted, {q.trade_duplicates_total:,} duplicates skipped")
+        if q.stage_ms:
+            split = ", ".join(f"{stage} {ms / 1000:.1f} s" for stage, ms in q.stage_ms.items())
+            lines.append(_clip(f"  last batch: {split}"))
         if q.restarts:
             lines.append(_clip(f"  restarted {q.restarts} time(s) after a failure; last: {q.last_restart_reason}"))
         if q.error:
