@@ -224,9 +224,9 @@ def write_results(args: argparse.Namespace, table: str, faults: list[InjectedFau
         f"{args.speed:g}; its own Kafka (:{args.kafka_port}) and HDFS (:{args.hdfs_port}). Load average (1 min) "
         f"{os.getloadavg()[0]:.1f} at the end: the machine is shared, and the job's batches are slower the busier it is.",
         "",
-        "HDFS faults: the NameNode and the DataNode run in one MiniDFSCluster JVM (`btcstream.infra.hdfs`), so "
-        "`hdfs_datanode_restart` and `hdfs_namenode_restart` both stop that JVM (SIGTERM), wait, and start it "
-        "again: each is a restart of the whole HDFS, not of one daemon.",
+        "HDFS faults: the NameNode and the DataNode are two JVMs (`btcstream.infra.hdfs`); "
+        "`hdfs_datanode_restart` stops (SIGTERM) and starts the DataNode alone, `hdfs_namenode_restart` the "
+        "NameNode alone (the DataNode registers again by itself).",
         "",
         "```", table, "```", "",
         "| # | fault | what was done | recovery (s) |", "|---|---|---|---|", *fault_lines, ""])

@@ -39,7 +39,7 @@ from btcstream.errors import BtcstreamError
 from btcstream.exchange import Fault, StreamFault, start_exchange
 from btcstream.exchange.server import ExchangeServer
 from btcstream.infra import stack
-from btcstream.infra.hdfs import Hdfs
+from btcstream.infra.hdfs import DataNode, NameNode
 from btcstream.infra.kafka import KafkaBroker
 from btcstream.ingest.feed_status import read_feed_status
 from btcstream.settings import Settings, load_settings
@@ -337,18 +337,20 @@ class ChaosPipeline:
         _start_service(broker)
         return f"SIGKILL of the broker (pid {pid}), {BROKER_DOWN_S:g} s down, restarted"
 
-    def _hdfs_restart(self) -> str:
-        hdfs = Hdfs(self.settings)
-        hdfs.stop()
-        time.sleep(HDFS_DOWN_S)
-        _start_service(hdfs)
-        return f"stop of the HDFS JVM (NameNode + DataNode in one MiniDFSCluster), {HDFS_DOWN_S:g} s down, start"
-
     def _hdfs_datanode_restart(self, rng: random.Random, planned: PlannedFault) -> str:
-        return self._hdfs_restart()
+        datanode = DataNode(self.settings)
+        datanode.stop()
+        time.sleep(HDFS_DOWN_S)
+        _start_service(datanode)  # healthy: registered again and the NameNode out of safe mode
+        return f"stop (SIGTERM) of the HDFS DataNode, {HDFS_DOWN_S:g} s down, start; the NameNode stayed up"
 
     def _hdfs_namenode_restart(self, rng: random.Random, planned: PlannedFault) -> str:
-        return self._hdfs_restart()
+        namenode, datanode = NameNode(self.settings), DataNode(self.settings)
+        namenode.stop()
+        time.sleep(HDFS_DOWN_S)
+        _start_service(namenode)
+        _wait_healthy(datanode)  # the running DataNode registers again by itself; then safe mode ends
+        return f"stop (SIGTERM) of the HDFS NameNode, {HDFS_DOWN_S:g} s down, start; the DataNode stayed up"
 
     def _ws_drop(self, rng: random.Random, planned: PlannedFault) -> str:
         kind = rng.choice(["abrupt_close", "close_1006"])
@@ -429,6 +431,19 @@ def _wait_gone(pid: int, timeout: float = 30.0) -> None:
         except ChildProcessError:
             pass
         time.sleep(0.2)
+
+
+def _wait_healthy(service: Any, timeout_s: float = 180.0) -> None:
+    """Wait until a running service answers healthy (e.g. the DataNode re-registered after a NameNode restart)."""
+    deadline = time.monotonic() + timeout_s
+    detail = ""
+    while time.monotonic() < deadline:
+        healthy, detail = service.health()
+        if healthy:
+            log.info("%s: healthy again, %s", service.name, detail)
+            return
+        time.sleep(1.0)
+    raise BtcstreamError(f"{service.name} not healthy {timeout_s:g} s after the fault: {detail}")
 
 
 def _start_service(service: Any) -> None:

@@ -4,8 +4,8 @@ A fault kind names what is done to the pipeline (see `chaos_pipeline` for how ea
 
 - `job_kill9`: kill -9 of the streaming job's process group (driver and JVM), then a restart.
 - `broker_kill9`: SIGKILL of the Kafka broker, a few seconds down, then a restart.
-- `hdfs_datanode_restart`, `hdfs_namenode_restart`: stop and start of HDFS. Today the NameNode and the
-  DataNode share one MiniDFSCluster JVM, so both kinds stop and start that JVM (the whole HDFS).
+- `hdfs_datanode_restart`, `hdfs_namenode_restart`: stop (SIGTERM) and start of the HDFS DataNode, or of
+  the NameNode, each its own JVM; the other daemon stays up.
 - `producer_kill9`: kill -9 of the producer, then a restart.
 - `ws_drop`: the exchange drops the producer's WebSocket connections (TCP reset or FIN without close frame).
 - `ws_silence`: the exchange goes silent on them (no data, no pings) for longer than the feed's watchdog.

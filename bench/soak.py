@@ -8,7 +8,7 @@ others derived from it, `--quotes-per-second` book updates and `--trades-per-sec
 symbol per second); the producer (`btcstream produce --source replay --feed websocket`) and the
 streaming job (`btcstream stream`), each its own process.
 
-Every `--sample-seconds` (60) it records, per process (broker, hdfs, job driver = the `btcstream
+Every `--sample-seconds` (60) it records, per process (broker, HDFS NameNode and DataNode, job driver = the `btcstream
 stream` Python process plus its JVM, producer): resident memory (RSS) and open file descriptors; and
 the job's Kafka lag (topic end offsets - the checkpoint's committed offsets, both topics), its last
 batch duration (the progress document) and the number of files under the storage root (WebHDFS).
@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the derived-symbol histories the WebSocket benchmarks use
 from helpers.replay_exchange import symbol_histories  # noqa: E402
 
-from btcstream.infra.hdfs import Hdfs  # noqa: E402
+from btcstream.infra.hdfs import DataNode, NameNode  # noqa: E402
 from btcstream.infra.kafka import KafkaBroker  # noqa: E402
 from btcstream.settings import Settings  # noqa: E402
 from btcstream.streaming.progress import read_progress  # noqa: E402
@@ -58,7 +58,7 @@ from chaos_pipeline import ChaosConfig, ChaosPipeline  # noqa: E402 - the same i
 RESULTS = ROOT / "bench" / "results"
 GROWTH_FRACTION, GROWTH_FLOOR = {"rss_mib": 0.10, "fds": 0.20}, {"rss_mib": 64.0, "fds": 20.0}
 LAG_NEAR_ZERO = 1_000  # records
-PROCESSES = ("broker", "hdfs", "job_driver", "producer")
+PROCESSES = ("broker", "namenode", "datanode", "job_driver", "producer")
 log = logging.getLogger("soak")
 
 
@@ -250,7 +250,8 @@ def main() -> int:
     try:
         pipeline.start()
         started = time.monotonic()
-        pids = {"broker": KafkaBroker(pipeline.settings).pid(), "hdfs": Hdfs(pipeline.settings).pid(),
+        pids = {"broker": KafkaBroker(pipeline.settings).pid(), "namenode": NameNode(pipeline.settings).pid(),
+                "datanode": DataNode(pipeline.settings).pid(),
                 "job_driver": pipeline.job.process.pid, "producer": pipeline.producer.process.pid}
         while time.monotonic() - started < args.minutes * 60:
             time.sleep(args.sample_seconds)

@@ -17,7 +17,9 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from btcstream.errors import PortInUse
-from btcstream.infra import stack
+from btcstream.infra import artifacts, processes, stack
+from btcstream.infra.hdfs import hdfs_home
+from btcstream.infra.java import java_executable
 from btcstream.infra.kafka import KafkaBroker
 from btcstream.settings import Settings, load_settings
 
@@ -52,12 +54,14 @@ def test_up_twice_down_and_data_survives_restart(tmp_path: Path) -> None:
     try:
         first = stack.up(settings)
         assert any(line.startswith("kafka: started") for line in first)
-        assert any(line.startswith("hdfs: started") for line in first)
+        assert any(line.startswith("hdfs-namenode: started") for line in first)
+        assert any(line.startswith("hdfs-datanode: started") for line in first)
         pids = {s.name: s.pid for s in stack.status(settings)[0]}
 
         again = stack.up(settings)
         assert any("kafka: already running" in line for line in again)
-        assert any("hdfs: already running" in line for line in again)
+        assert any("hdfs-namenode: already running" in line for line in again)
+        assert any("hdfs-datanode: already running" in line for line in again)
         assert {s.name: s.pid for s in stack.status(settings)[0]} == pids  # nothing restarted
 
         bootstrap = settings.kafka_bootstrap
@@ -70,7 +74,7 @@ def test_up_twice_down_and_data_survives_restart(tmp_path: Path) -> None:
             handle.write(b"still here")
 
         stopped = stack.down(settings)
-        assert "kafka: stopped" in stopped and "hdfs: stopped" in stopped
+        assert {"kafka: stopped", "hdfs-namenode: stopped", "hdfs-datanode: stopped"} <= set(stopped)
         assert _our_processes(settings.state_dir) == []
         assert all(not s.running for s in stack.status(settings)[0])
 
@@ -86,6 +90,44 @@ def test_up_twice_down_and_data_survives_restart(tmp_path: Path) -> None:
         assert hdfs.cat_file("/bitcoin/raw_data/kept.txt") == b"still here"
     finally:
         stack.down(settings)
+    assert _our_processes(settings.state_dir) == []
+
+
+def test_a_state_dir_of_the_one_jvm_hdfs_is_taken_over_with_its_files(tmp_path: Path) -> None:
+    """Upgrading: `infra up` stops the MiniDFSCluster an earlier btcstream left running and starts the
+    NameNode and DataNode on its directories; its files are still there."""
+    settings = _private_settings(tmp_path / "state")
+    home = hdfs_home(settings)
+    (home / "data").mkdir(parents=True)
+    # The earlier launcher's command line (btcstream before the two daemons), verbatim but for the ports.
+    legacy = [java_executable(), "-Xmx768m", f"-Dbtcstream.service={home}", "-cp", artifacts.classpath(settings, "hdfs"),
+              "org.apache.hadoop.mapreduce.MiniHadoopClusterManager", "-nomr", "-format",
+              "-nnport", str(PRIVATE_HDFS_PORT), "-nnhttpport", str(PRIVATE_WEBHDFS_PORT), "-datanodes", "1",
+              "-D", f"hdfs.minidfs.basedir={home / 'data'}", "-D", "dfs.permissions.enabled=false",
+              "-D", "dfs.replication=1", "-D", "dfs.datanode.hostname=127.0.0.1"]
+    processes.start_detached(legacy, home / "hdfs.log", home / "hdfs.pid")
+    (home / ".formatted").touch()
+    try:
+        hdfs = fsspec.filesystem("webhdfs", host="localhost", port=PRIVATE_WEBHDFS_PORT, user="btcstream")
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with hdfs.open("/bitcoin/kept.txt", "wb") as handle:
+                    handle.write(b"from the one-JVM HDFS")
+                break
+            except Exception:  # noqa: BLE001 - not up yet
+                assert time.monotonic() < deadline, (home / "hdfs.log").read_text()[-2000:]
+                time.sleep(1)
+
+        lines = stack.up(settings)
+
+        assert any("stopped the one-JVM MiniDFSCluster" in line for line in lines)
+        assert any(line.startswith("hdfs-datanode: started") for line in lines)
+        hdfs = fsspec.filesystem("webhdfs", host="localhost", port=PRIVATE_WEBHDFS_PORT, user="btcstream")
+        assert hdfs.cat_file("/bitcoin/kept.txt") == b"from the one-JVM HDFS"
+    finally:
+        stack.down(settings)
+        processes.stop(home / "hdfs.pid", str(home))
     assert _our_processes(settings.state_dir) == []
 
 
@@ -131,5 +173,7 @@ def test_status_command_shows_each_service(local_stack: Settings) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     rows = {line.split()[0]: line for line in done.stdout.splitlines()[1:]}
     assert "healthy" in rows["kafka"] and "broker=9092" in rows["kafka"]
-    assert "healthy" in rows["hdfs"] and "webhdfs=9870" in rows["hdfs"] and "live DataNode" in rows["hdfs"]
+    assert "healthy" in rows["hdfs-namenode"] and "webhdfs=9870" in rows["hdfs-namenode"]
+    assert "healthy" in rows["hdfs-datanode"] and "datanode-http=9864" in rows["hdfs-datanode"]
+    assert "registered with the NameNode" in rows["hdfs-datanode"]
     assert time.monotonic() - started < 60

@@ -30,7 +30,7 @@ from btcstream.clients import spark
 from btcstream.errors import InfraError
 from btcstream.exchange import spawn_exchange
 from btcstream.infra import addresses
-from btcstream.infra.hdfs import Hdfs
+from btcstream.infra.hdfs import DataNode, NameNode, hdfs_site
 from btcstream.infra.kafka import KafkaBroker
 from btcstream.settings import Settings, load_settings
 from btcstream.workbench import lab
@@ -39,8 +39,10 @@ from helpers.stream_job import REPO, StreamJob, read_table
 NAMENODE_BIND_KEYS = ("dfs.namenode.rpc-bind-host", "dfs.namenode.servicerpc-bind-host",
                       "dfs.namenode.lifeline.rpc-bind-host", "dfs.namenode.http-bind-host",
                       "dfs.namenode.https-bind-host")
+DATANODE_ADDRESS_KEYS = ("dfs.datanode.address", "dfs.datanode.ipc.address", "dfs.datanode.http.address")
 ROLES = (  # (role, a string on its command line), first match wins
-    ("kafka", "kafka.Kafka"), ("hdfs", "MiniHadoopClusterManager"), ("spark driver", "SparkSubmit"),
+    ("kafka", "kafka.Kafka"), ("hdfs namenode", "server.namenode.NameNode"),
+    ("hdfs datanode", "server.datanode.DataNode"), ("spark driver", "SparkSubmit"),
     ("kernel", "ipykernel"), ("jupyterlab", "jupyter"), ("exchange", "btcstream exchange"),
     ("producer", "btcstream produce"), ("stream job", "btcstream stream"),
 )
@@ -60,8 +62,9 @@ def test_by_default_kafka_hdfs_and_the_spark_driver_are_configured_on_loopback(t
     kafka = properties(KafkaBroker(settings).server_properties())
     assert kafka["listeners"] == "PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093"
     assert kafka["advertised.listeners"] == "PLAINTEXT://127.0.0.1:9092"
-    hdfs = Hdfs(settings).hadoop_conf()
+    hdfs = hdfs_site(settings)
     assert {key: hdfs[key] for key in NAMENODE_BIND_KEYS} == dict.fromkeys(NAMENODE_BIND_KEYS, "127.0.0.1")
+    assert {hdfs[key].rsplit(":", 1)[0] for key in DATANODE_ADDRESS_KEYS} == {"127.0.0.1"}
     assert spark.driver_bind_conf(settings) == {"spark.driver.bindAddress": "127.0.0.1",
                                                 "spark.driver.host": "127.0.0.1"}
     assert spark.driver_environment(settings) == {"SPARK_LOCAL_IP": "127.0.0.1"}  # Spark 4.2's UI binds to it
@@ -79,8 +82,9 @@ def test_bind_host_0_0_0_0_from_the_environment_opens_every_listener_to_the_netw
     assert kafka["advertised.listeners"] == f"PLAINTEXT://{addresses.advertised_host('0.0.0.0')}:9092"
     assert "0.0.0.0" not in kafka["advertised.listeners"]
     assert kafka["controller.quorum.voters"] == "1@127.0.0.1:9093"
-    hdfs = Hdfs(settings).hadoop_conf()
+    hdfs = hdfs_site(settings)
     assert {key: hdfs[key] for key in NAMENODE_BIND_KEYS} == dict.fromkeys(NAMENODE_BIND_KEYS, "0.0.0.0")
+    assert {hdfs[key].rsplit(":", 1)[0] for key in DATANODE_ADDRESS_KEYS} == {"0.0.0.0"}
     # The driver listens everywhere and advertises Spark's own choice of this machine's address;
     # SPARK_LOCAL_IP is left alone, so the UI takes Spark's default (every interface).
     assert spark.driver_bind_conf(settings) == {"spark.driver.bindAddress": "0.0.0.0"}
@@ -179,7 +183,8 @@ def process_tree(pid: int | None) -> set[int]:
 
 def our_listeners(settings: Settings) -> list[Listener]:
     """Listening sockets of this test process, its descendants and the stack's services (and theirs)."""
-    pids = process_tree(os.getpid()) | process_tree(KafkaBroker(settings).pid()) | process_tree(Hdfs(settings).pid())
+    pids = (process_tree(os.getpid()) | process_tree(KafkaBroker(settings).pid())
+            | process_tree(NameNode(settings).pid()) | process_tree(DataNode(settings).pid()))
     return [Listener(c.pid, role_of(c.pid), c.laddr.ip, c.laddr.port) for c in listening_sockets(pids)]
 
 

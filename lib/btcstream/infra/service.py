@@ -47,6 +47,14 @@ class ServiceStatus:
     detail: str
 
 
+@dataclass(frozen=True)
+class Launch:
+    """A service process just started: its pid and when (time.monotonic())."""
+
+    pid: int
+    started: float
+
+
 class LocalService(ABC):
     """A JVM service run in the background under `<state_dir>/<name>/`."""
 
@@ -95,18 +103,32 @@ class LocalService(ABC):
 
     def start(self) -> str:
         """Start and wait until healthy; returns a one-line report. Idempotent."""
-        if self.pid() is not None:
-            healthy, detail = self.health()
-            return f"{self.name}: already running (pid {self.pid()}), {'healthy' if healthy else 'NOT healthy: ' + detail}"
+        launched = self.launch()
+        return launched if isinstance(launched, str) else self.wait_until_healthy(launched)
+
+    def check_ports(self) -> None:
+        """Raise PortInUse (one line) when a port this service would listen on is taken."""
         addresses.check_stack_bind_host(self.settings.bind_host)
         for label, port in self.ports.items():
             if not processes.port_is_free(port, self.settings.bind_host):
                 raise PortInUse(f"{self.name} ({label})", port)
+
+    def launch(self) -> "Launch | str":
+        """Start the process without waiting for it (a report line instead when it already runs)."""
+        if self.pid() is not None:
+            healthy, detail = self.health()
+            return f"{self.name}: already running (pid {self.pid()}), {'healthy' if healthy else 'NOT healthy: ' + detail}"
+        self.check_ports()
         self.home.mkdir(parents=True, exist_ok=True)
         self.prepare()
         started = time.monotonic()
         pid = processes.start_detached(self.command(), self.log_file, self.pid_file)
         log.info("%s starting (pid %d), log %s", self.name, pid, self.log_file)
+        return Launch(pid, started)
+
+    def wait_until_healthy(self, launched: "Launch") -> str:
+        """Wait for a launched process to answer healthy; its report line. Stops it on a time-out."""
+        pid, started = launched.pid, launched.started
         detail = "no answer yet"
         while time.monotonic() - started < START_TIMEOUT_S:
             # waitpid, not the pid file: right after fork the child's /proc cmdline is still ours.

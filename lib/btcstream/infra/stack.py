@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 import time
 
-from btcstream.infra import artifacts
-from btcstream.infra.hdfs import Hdfs
+from btcstream.infra import artifacts, processes
+from btcstream.infra.hdfs import hdfs_home, hdfs_services
 from btcstream.infra.kafka import KafkaBroker
 from btcstream.infra.service import LocalService, ServiceStatus
 from btcstream.settings import Settings
@@ -27,7 +27,7 @@ def local_services(settings: Settings) -> tuple[list[LocalService], list[str]]:
     else:
         skipped.append(f"kafka: external ({settings.kafka_bootstrap}), not started here")
     if settings.hdfs_is_local:
-        services.append(Hdfs(settings))
+        services.extend(hdfs_services(settings))
     elif settings.storage_scheme == "hdfs":
         skipped.append(f"hdfs: external ({settings.storage_root}), not started here")
     else:
@@ -38,13 +38,20 @@ def local_services(settings: Settings) -> tuple[list[LocalService], list[str]]:
 def up(settings: Settings) -> list[str]:
     """Resolve jars if needed, start every local service and wait until each is healthy."""
     services, lines = local_services(settings)
+    lines.extend(_stop_legacy_hdfs(settings))
     needed = sorted({"kafka" if isinstance(s, KafkaBroker) else "hdfs" for s in services})
     for component in needed:
         if not artifacts.is_resolved(settings, component):
             artifacts.resolve(settings, component)
     started = time.monotonic()
-    for service in services:
-        lines.append(service.start())
+    for service in services:  # every port first: a taken one stops `up` before anything starts
+        if service.pid() is None:
+            service.check_ports()
+    # All processes at once, then each awaited: the JVMs start side by side (the DataNode keeps
+    # trying the NameNode until it answers), which takes about the slowest one's time, not the sum.
+    launched = [(service, service.launch()) for service in services]
+    for service, launch in launched:
+        lines.append(launch if isinstance(launch, str) else service.wait_until_healthy(launch))
     lines.append(f"stack ready in {time.monotonic() - started:.1f} s; state in {settings.state_dir}")
     return lines
 
@@ -52,7 +59,17 @@ def up(settings: Settings) -> list[str]:
 def down(settings: Settings) -> list[str]:
     """Stop every local service (in reverse start order)."""
     services, lines = local_services(settings)
-    return lines + [service.stop() for service in reversed(services)]
+    return lines + [service.stop() for service in reversed(services)] + _stop_legacy_hdfs(settings)
+
+
+def _stop_legacy_hdfs(settings: Settings) -> list[str]:
+    """Stop a one-JVM MiniDFSCluster that an earlier btcstream started (`<state>/hdfs/hdfs.pid`): it holds
+    the ports and directories of the two daemons that replace it. Its data is theirs (same directories)."""
+    home = hdfs_home(settings)
+    if not settings.hdfs_is_local or processes.running_pid(home / "hdfs.pid", str(home)) is None:
+        return []
+    processes.stop(home / "hdfs.pid", str(home))
+    return ["hdfs: stopped the one-JVM MiniDFSCluster of an earlier btcstream (now a NameNode and a DataNode)"]
 
 
 def status(settings: Settings) -> tuple[list[ServiceStatus], list[str]]:
