@@ -272,7 +272,9 @@ def test_a_full_run_listens_on_loopback_only(test_settings: Settings, tmp_path: 
         by_role.setdefault(listener.role, []).append(listener.port)
     # The check covered every component: each one's listeners were there to be seen.
     assert {9092, 9093} <= set(by_role.get("kafka", [])), by_role
-    assert {9000, 9870} <= set(by_role.get("hdfs", [])) and len(by_role["hdfs"]) >= 5, by_role  # + DataNode's 3
+    assert {9000, 9870} <= set(by_role.get("hdfs namenode", [])), by_role
+    # HTTP on 9864, data transfer, IPC and its internal HTTP server on ephemeral ports.
+    assert 9864 in by_role.get("hdfs datanode", []) and len(by_role["hdfs datanode"]) >= 4, by_role
     assert len(by_role.get("spark driver", [])) >= 3, by_role  # RPC, block manager, UI (and py4j)
     assert ["btcstream-stream"] in ui_apps.values(), ui_apps  # the job's web UI was among them
     assert len(by_role.get("exchange", [])) == 3, by_role
