@@ -41,6 +41,17 @@ def kafka_frame(spark, values: list[bytes | None]):
     return spark.createDataFrame(rows, KAFKA_SCHEMA)
 
 
+def mixed_frame(spark, records: list[tuple[str, bytes | None]]):
+    """A Kafka-shaped static frame of (topic, value) records, offsets per topic."""
+    now = datetime.now(timezone.utc)
+    offsets: dict[str, int] = {}
+    rows = []
+    for topic, value in records:
+        offsets[topic] = offsets.get(topic, -1) + 1
+        rows.append((b"k", value, topic, 0, offsets[topic], now))
+    return spark.createDataFrame(rows, KAFKA_SCHEMA)
+
+
 def to_pandas_ticks(ticks: list[tick.Tick]) -> pd.DataFrame:
     """The ticks as a pandas frame with `event_time` as aware UTC timestamps."""
     frame = pd.DataFrame([t.__dict__ for t in ticks])

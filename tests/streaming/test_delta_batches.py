@@ -10,7 +10,7 @@ import pytest
 from btcstream.clients.spark import DELTA_EXTENSION
 from btcstream.ingest.tick import Tick
 from btcstream.streaming.delta_batches import RAW_STRATEGIES, DeltaBatchWriter
-from helpers.ticks import kafka_frame, random_ticks
+from helpers.ticks import kafka_frame, mixed_frame, random_ticks
 
 pytestmark = pytest.mark.spark
 
@@ -52,21 +52,6 @@ def test_batches_store_every_tick_once_in_any_order_and_replays_write_nothing(sp
     assert quarantine.count() == len(BAD_RECORDS)
     assert quarantine.select("offset").distinct().count() == len(BAD_RECORDS)
     assert quarantine.where("reason IS NULL").count() == 0
-
-
-def mixed_frame(spark, records: list[tuple[str, bytes | None]]):
-    """A Kafka-shaped static frame of (topic, value) records, offsets per topic."""
-    from datetime import datetime, timezone
-
-    from btcstream.streaming.job import KAFKA_SCHEMA
-
-    now = datetime.now(timezone.utc)
-    offsets: dict[str, int] = {}
-    rows = []
-    for topic, value in records:
-        offsets[topic] = offsets.get(topic, -1) + 1
-        rows.append((b"k", value, topic, 0, offsets[topic], now))
-    return spark.createDataFrame(rows, KAFKA_SCHEMA)
 
 
 def test_websocket_quotes_are_told_apart_by_update_id_and_trades_by_trade_id(spark, tmp_path: Path) -> None:

@@ -222,3 +222,16 @@ def test_full_then_read_only_root_stops_with_one_line_and_resumes_losing_nothing
     finally:
         assert resumed.stop() == 0, resumed.log_tail()
     assert_exactly_once(settings, produced)
+
+
+def test_a_failure_in_the_python_batch_function_is_named_by_its_python_exception() -> None:
+    # As the job logs it when HDFS is down under delta-rs (ANSI colours and all).
+    text = ("py4j.Py4JException: An exception was raised by the Python Proxy. Return Message: Traceback (most "
+            "recent call last):\n  File \"/x/job.py\", line 173, in __call__\n    counts = self.writer(kafka_rows)\n"
+            "OSError: Generic HdfsObjectStore error\n          \x1b[31m↳\x1b[0m IO error occurred while communicating "
+            "with HDFS\n           \x1b[31m↳\x1b[0m Connection refused (os error 111)\n\n\tat py4j.Protocol.x(P.java:1)")
+    assert root_cause_line(text) == "OSError: Generic HdfsObjectStore error: Connection refused (os error 111)"
+    wrapped = f"org.apache.spark.SparkException: batch failed\n\tat a\nCaused by: {text}"
+    assert root_cause_line(wrapped) == "OSError: Generic HdfsObjectStore error: Connection refused (os error 111)"
+    java_inside = f"{wrapped}\nCaused by: java.io.IOException: No space left on device\n\tat b"
+    assert root_cause_line(java_inside) == "java.io.IOException: No space left on device"

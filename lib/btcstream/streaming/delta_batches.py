@@ -23,6 +23,7 @@ Used by the job's one query (`btcstream.streaming.job`); `bench/bench_delta_batc
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -35,6 +36,10 @@ from btcstream.streaming.records import QUOTE, TRADE, classify_records
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
+
+    from btcstream.streaming.hour_partials import BatchPartials
+
+log = logging.getLogger(__name__)
 
 TXN_APP_ID_CONF = "spark.databricks.delta.write.txnAppId"
 TXN_VERSION_CONF = "spark.databricks.delta.write.txnVersion"
@@ -60,6 +65,8 @@ class BatchCounts:
     # The batch's valid quotes and trades as 1-minute partial bars (btcstream.analytics.alerts), from the
     # records as read (a record repeated inside or across batches counts in its bar each time it is read).
     bars: tuple[MinuteBar, ...] = field(default=())
+    # With `DeltaBatchWriter.partials`: the hourly partials of the rows this batch inserted (none when replayed).
+    partials: BatchPartials | None = None
 
     @property
     def trade_duplicates(self) -> int:
@@ -90,6 +97,12 @@ class DeltaBatchWriter:
     # a MERGE reads the files it may rewrite and fails when OPTIMIZE removed them meanwhile. It was
     # also the faster in the benchmarks (bench/results/delta_batches.md).
     raw_strategy: str = "anti_join"
+    # Also give the hourly partials of the inserted rows (`BatchCounts.partials`, for the job's
+    # `hour_partials.HourlyPartials`): aggregated from the rows to append just before the append
+    # (persisted in between, so the append reads them from memory rather than joining again).
+    # anti_join only (a MERGE does not say which rows it inserted).
+    partials: bool = False
+    grid_seconds: int = transforms.RV_GRID_SECONDS
 
     def __call__(self, kafka_rows: DataFrame, batch_id: int, late_before: datetime | None = None) -> BatchCounts:
         """The `foreachBatch` function: classify once, write every table, return the counts.
@@ -119,23 +132,39 @@ class DeltaBatchWriter:
             if quarantined:
                 self._append_quarantine(parse.quarantined(rows), batch_id)
             quote_hours = {(g["symbol"], utc(g["window_start"])) for g in groups if g["valid"] and g["kind"] == QUOTE}
-            inserted = 0
+            if self.partials and self.raw_strategy != "anti_join":
+                raise ValueError("partials need raw_strategy='anti_join'")
+            inserted, quote_steps = 0, ()
             if valid:
                 enriched = transforms.enrich(rows.where(F.col("kind") == QUOTE).where(F.col("quote").isNotNull())
                                              .select("quote.*"))
-                write_raw = self._merge_raw if self.raw_strategy == "merge" else self._append_new_raw
-                inserted = write_raw(enriched, batch_id, _partitions_of(quote_hours))
-            trades_inserted = 0
+                if self.raw_strategy == "merge":
+                    inserted = self._merge_raw(enriched, batch_id, _partitions_of(quote_hours))
+                else:
+                    inserted, quote_steps = self._append_new_raw(enriched, batch_id, _partitions_of(quote_hours))
+            trades_inserted, trade_totals = 0, ()
             if trades_valid:
                 if self.trades_url is None:
                     raise ValueError("trades arrived but the writer has no trades_url")
                 trade_hours = {(g["symbol"], utc(g["window_start"])) for g in groups if g["valid"] and g["kind"] == TRADE}
                 trades = rows.where(F.col("kind") == TRADE).where(F.col("trade").isNotNull()).select("trade.*")
-                trades_inserted = self._append_new_trades(trades, batch_id, _partitions_of(trade_hours))
+                trades_inserted, trade_totals = self._append_new_trades(trades, batch_id, _partitions_of(trade_hours))
+            partials = None
+            if self.partials:
+                from btcstream.streaming.hour_partials import BatchPartials
+
+                partials = BatchPartials(quote_steps, trade_totals)
+                if partials.quote_count != inserted or partials.trade_count != trades_inserted:
+                    # Should not happen (the partials are of the very rows appended): say so, and let the
+                    # caller read the touched hours back from the tables rather than trust them.
+                    log.warning("batch %d: partials of %d quotes and %d trades, but %d and %d were inserted; "
+                                "the touched hours are read back from the tables", batch_id, partials.quote_count,
+                                partials.trade_count, inserted, trades_inserted)
+                    partials = None
         finally:
             rows.unpersist()
         return BatchCounts(batch_id, records, quarantined, valid, inserted, late, newest, hours, trades_valid,
-                           trades_inserted, bars)
+                           trades_inserted, bars, partials)
 
     @staticmethod
     def _summary(rows: DataFrame, late_before: datetime | None) -> list:
@@ -170,8 +199,9 @@ class DeltaBatchWriter:
          .write.format("delta").mode("append").partitionBy(*QUARANTINE_PARTITION_COLUMNS)
          .option("txnAppId", self.app_id).option("txnVersion", batch_id).save(self.quarantine_url))
 
-    def _append_new_raw(self, enriched: DataFrame, batch_id: int, touched: set[tuple[str, int]]) -> int:
-        """Keys inserted: the batch's ticks minus those already stored, as one idempotent append.
+    def _append_new_raw(self, enriched: DataFrame, batch_id: int, touched: set[tuple[str, int]]) -> tuple[int, tuple]:
+        """Keys inserted: the batch's ticks minus those already stored, as one idempotent append; with
+        `partials`, also the step partials of the appended rows (`hour_partials.quote_steps_of`).
 
         Only the batch's (date, hour) partitions that already hold files (read from the Delta log)
         are joined against; ticks of partitions new to the table are appended without a join. A
@@ -181,7 +211,7 @@ class DeltaBatchWriter:
         """
         spark = enriched.sparkSession
         if _applied(self.raw_url, self.app_id, batch_id):
-            return 0
+            return 0, ()
         key = ["symbol", QUOTE_KEY_COLUMN]
         ticks = enriched.withColumn(QUOTE_KEY_COLUMN, quote_key(enriched.columns)).dropDuplicates(key)
         stored = touched & _stored_partitions(self.raw_url)
@@ -191,13 +221,23 @@ class DeltaBatchWriter:
                         .select("symbol", quote_key(table.columns).alias(QUOTE_KEY_COLUMN)))
             ticks = ticks.join(existing, key, "left_anti")
         before = table_version(self.raw_url)
-        # mergeSchema: tables written before tick schema 2 gain its columns (feed, update_id, received_at).
-        (ticks.drop(QUOTE_KEY_COLUMN).write.format("delta").mode("append").partitionBy(*RAW_PARTITION_COLUMNS)
-         .option("mergeSchema", "true")
-         .option("txnAppId", self.app_id).option("txnVersion", batch_id).save(self.raw_url))
-        return _rows_added_since(self.raw_url, before)
+        new = ticks.drop(QUOTE_KEY_COLUMN)
+        steps: tuple = ()
+        if self.partials:  # before the write: once it is done, the anti join would find these rows stored
+            from btcstream.streaming.hour_partials import quote_steps_of
 
-    def _append_new_trades(self, trades: DataFrame, batch_id: int, touched: set[tuple[str, int]]) -> int:
+            new = new.persist()
+            steps = quote_steps_of(new, self.grid_seconds)
+        try:
+            # mergeSchema: tables written before tick schema 2 gain its columns (feed, update_id, received_at).
+            (new.write.format("delta").mode("append").partitionBy(*RAW_PARTITION_COLUMNS)
+             .option("mergeSchema", "true")
+             .option("txnAppId", self.app_id).option("txnVersion", batch_id).save(self.raw_url))
+        finally:
+            new.unpersist()
+        return _rows_added_since(self.raw_url, before), steps
+
+    def _append_new_trades(self, trades: DataFrame, batch_id: int, touched: set[tuple[str, int]]) -> tuple[int, tuple]:
         """Trades inserted: the batch's trades minus the (symbol, trade_id) keys already stored in the
         batch's (date, hour) partitions of trade_time, as one idempotent append (as `_append_new_raw`)."""
         from pyspark.sql import functions as F
@@ -205,7 +245,7 @@ class DeltaBatchWriter:
         assert self.trades_url is not None
         spark = trades.sparkSession
         if _applied(self.trades_url, self.app_id, batch_id):
-            return 0
+            return 0, ()
         rows = (trades.dropDuplicates(list(TRADE_KEY))
                 .withColumn("date", F.to_date("trade_time")).withColumn("hour", F.hour("trade_time")))
         stored = touched & _stored_partitions(self.trades_url)
@@ -214,9 +254,18 @@ class DeltaBatchWriter:
                         .where(_within(sorted(stored), alias="")).select(*TRADE_KEY))
             rows = rows.join(existing, list(TRADE_KEY), "left_anti")
         before = table_version(self.trades_url)
-        (rows.write.format("delta").mode("append").partitionBy(*TRADES_PARTITION_COLUMNS)
-         .option("txnAppId", self.app_id).option("txnVersion", batch_id).save(self.trades_url))
-        return _rows_added_since(self.trades_url, before)
+        totals: tuple = ()
+        if self.partials:  # before the write, as in `_append_new_raw`
+            from btcstream.streaming.hour_partials import trade_totals_of
+
+            rows = rows.persist()
+            totals = trade_totals_of(rows)
+        try:
+            (rows.write.format("delta").mode("append").partitionBy(*TRADES_PARTITION_COLUMNS)
+             .option("txnAppId", self.app_id).option("txnVersion", batch_id).save(self.trades_url))
+        finally:
+            rows.unpersist()
+        return _rows_added_since(self.trades_url, before), totals
 
     def _merge_raw(self, enriched: DataFrame, batch_id: int, touched: set[tuple[str, int]]) -> int:
         """Keys inserted: insert-only MERGE on the quote key (`quote_key`) within the batch's partitions."""

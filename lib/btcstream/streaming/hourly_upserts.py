@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 import logging
 import time
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from btcstream.names import HOURLY_COLUMNS, HOURLY_LIFECYCLE_COLUMNS, HOURLY_PARTITION_COLUMNS, RAW_PARTITION_COLUMNS
 from btcstream.storage.delta_conflicts import commit_conflicts
@@ -40,6 +40,8 @@ from btcstream.streaming.delta_batches import utc
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
+
+    from btcstream.streaming.hour_partials import HourlyPartials
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +74,8 @@ class LiveDates:
 def upsert_hours(spark: SparkSession, raw_url: str, hourly_url: str,
                  touched: DataFrame | Sequence[tuple[str, datetime]], event_clock: datetime,
                  allowed_lateness: timedelta, live: LiveDates | None = None, *, trades_url: str | None = None,
-                 grid_seconds: int = transforms.RV_GRID_SECONDS) -> HourlyCounts:
+                 grid_seconds: int = transforms.RV_GRID_SECONDS,
+                 partials: HourlyPartials | None = None) -> HourlyCounts:
     """Recompute the (symbol, window_start) hours in `touched` from raw_data and MERGE them into hourly_metrics.
 
     `touched`: (symbol, hour start) pairs (UTC), or a DataFrame of those columns. Retried when a
@@ -80,7 +83,9 @@ def upsert_hours(spark: SparkSession, raw_url: str, hourly_url: str,
     running it again gives the same rows. `live`: the writer's `LiveDates` (kept up to date here);
     without it the whole table is read to find the live rows. `trades_url`: the trades table, whose
     trades of the touched hours give the trade columns (absent table: no trades). `grid_seconds`: the
-    realized-volatility grid (`Settings.rv_grid`).
+    realized-volatility grid (`Settings.rv_grid`). `partials`: the job's hours kept across batches
+    (`btcstream.streaming.hour_partials`, already updated with this batch): the rows come from them
+    instead of a recomputation from the tables.
     """
     conflicts = commit_conflicts()
     if not isinstance(touched, (list, tuple)):
@@ -91,7 +96,7 @@ def upsert_hours(spark: SparkSession, raw_url: str, hourly_url: str,
     for attempt in range(1, CONFLICT_RETRIES + 1):
         try:
             return _upsert_once(spark, raw_url, hourly_url, keys, event_clock, allowed_lateness, live or LiveDates(),
-                                trades_url, grid_seconds)
+                                trades_url, grid_seconds, partials)
         except conflicts as conflict:
             if attempt == CONFLICT_RETRIES:
                 raise
@@ -103,33 +108,34 @@ def upsert_hours(spark: SparkSession, raw_url: str, hourly_url: str,
 
 def _upsert_once(spark: SparkSession, raw_url: str, hourly_url: str, keys: list[tuple[str, datetime]],
                  event_clock: datetime, allowed_lateness: timedelta, live: LiveDates, trades_url: str | None,
-                 grid_seconds: int) -> HourlyCounts:
+                 grid_seconds: int, partials: HourlyPartials | None = None) -> HourlyCounts:
     """One recomputation of the touched hours and one rewrite of the date partitions that changed.
 
-    The hours are few (symbols x hours a batch touched), so they are computed in one Spark job and
-    collected; the stored rows of their dates (and every live row, which the clock may finalise)
+    The hours are few (symbols x hours a batch touched): their rows come from the job's kept partials
+    (`partials`), else they are computed from raw_data and trades in one Spark job and collected; the
+    stored rows of their dates (and every live row, which the clock may finalise)
     are read in the driver with delta-rs; the new rows are merged with them in the driver
     (`_merged_rows`), and only the date partitions holding a change are rewritten, with one Delta
     overwrite restricted to them (`replaceWhere`). That replaced a Delta MERGE: same result, but the
     MERGE's own scans, joins and rewrite took 3.3 s of a live 1 s-trigger batch of ~100 ticks, this
     about a third of it (docs/streaming.md). Nothing changed: no commit at all.
     """
-    from pyspark.sql import functions as F
-
     from delta.tables import DeltaTable
 
-    raw = _touched(spark.read.format("delta").load(raw_url), keys, "event_time")
-    trades = None
-    if trades_url is not None and DeltaTable.isDeltaTable(spark, trades_url):
-        trades = _touched(spark.read.format("delta").load(trades_url), keys, "trade_time")
-    computed = (transforms.hourly_rows(raw, trades, grid_seconds)
-                .withColumn("is_final", F.lit(False))
-                .withColumn("revision", F.lit(1))
-                .withColumn("updated_at", F.current_timestamp())
-                .withColumn("date", F.to_date("window_start"))
-                .select(*HOURLY_COLUMNS, *HOURLY_LIFECYCLE_COLUMNS, *HOURLY_PARTITION_COLUMNS))
     started = time.perf_counter()
-    fresh = [row.asDict() for row in computed.collect()]
+    if partials is not None:
+        schema = _hourly_schema(spark, grid_seconds)
+        now = datetime.now(timezone.utc)
+        fresh = [{**row, "is_final": False, "revision": 1, "updated_at": now, "date": row["window_start"].date()}
+                 for row in partials.rows(keys)]
+    else:
+        raw = touched_rows(spark.read.format("delta").load(raw_url), keys, "event_time")
+        trades = None
+        if trades_url is not None and DeltaTable.isDeltaTable(spark, trades_url):
+            trades = touched_rows(spark.read.format("delta").load(trades_url), keys, "trade_time")
+        computed = _with_lifecycle(transforms.hourly_rows(raw, trades, grid_seconds))
+        schema = computed.schema
+        fresh = [row.asDict() for row in computed.collect()]
     computed_s = time.perf_counter() - started
     final_before = event_clock - allowed_lateness
     stored = _stored_rows(hourly_url, {row["date"] for row in fresh}, live)
@@ -137,7 +143,7 @@ def _upsert_once(spark: SparkSession, raw_url: str, hourly_url: str, keys: list[
     changed_dates = sorted({row["date"] for row in rows if row.get("_changed")})
     if changed_dates:
         partitions = [{k: v for k, v in row.items() if k != "_changed"} for row in rows if row["date"] in changed_dates]
-        frame = spark.createDataFrame(partitions, computed.schema)
+        frame = spark.createDataFrame(partitions, schema)
         writer = frame.write.format("delta").partitionBy(*HOURLY_PARTITION_COLUMNS)
         if stored is None:
             writer.mode("append").save(hourly_url)
@@ -150,6 +156,32 @@ def _upsert_once(spark: SparkSession, raw_url: str, hourly_url: str, keys: list[
     log.debug("hourly upsert of %d hours: recomputed in %.2f s, written in %.2f s (%d date partitions)",
               len(fresh), computed_s, time.perf_counter() - started - computed_s, len(changed_dates))
     return HourlyCounts(hours=len(fresh), **counts)
+
+
+def _with_lifecycle(hourly: DataFrame) -> DataFrame:
+    """Hourly rows (`HOURLY_COLUMNS`) as the table stores them: live, revision 1, updated now, dated."""
+    from pyspark.sql import functions as F
+
+    return (hourly.withColumn("is_final", F.lit(False))
+            .withColumn("revision", F.lit(1))
+            .withColumn("updated_at", F.current_timestamp())
+            .withColumn("date", F.to_date("window_start"))
+            .select(*HOURLY_COLUMNS, *HOURLY_LIFECYCLE_COLUMNS, *HOURLY_PARTITION_COLUMNS))
+
+
+_SCHEMAS: dict[tuple[int, int], Any] = {}
+# The enriched tick columns `transforms.hourly_metrics` reads: an empty frame of them gives the hourly schema.
+_QUOTE_COLUMNS = ("symbol string, event_time timestamp, update_id long, mid_price double, spread double, "
+                  "spread_bps double, top_of_book_liquidity double, volume_24h double")
+
+
+def _hourly_schema(spark: SparkSession, grid_seconds: int):
+    """The schema `_with_lifecycle(transforms.hourly_rows(...))` has, from empty frames (no table read)."""
+    key = (id(spark), grid_seconds)
+    if key not in _SCHEMAS:
+        quotes = spark.createDataFrame([], _QUOTE_COLUMNS)
+        _SCHEMAS[key] = _with_lifecycle(transforms.hourly_rows(quotes, None, grid_seconds)).schema
+    return _SCHEMAS[key]
 
 
 def _merged_rows(stored: list[dict] | None, fresh: list[dict], final_before: datetime,
@@ -228,7 +260,7 @@ def touched_hours(ticks: DataFrame) -> DataFrame:
     return ticks.select("symbol", F.date_trunc("hour", "event_time").alias("window_start")).distinct()
 
 
-def _touched(table: DataFrame, keys: list[tuple[str, datetime]], time_column: str) -> DataFrame:
+def touched_rows(table: DataFrame, keys: list[tuple[str, datetime]], time_column: str) -> DataFrame:
     """The rows of a (date, hour)-partitioned table (raw_data, trades) in the touched (symbol, hour) keys."""
     return table.where(_in_partitions(keys)).where(_in_hours(keys, time_column))
 

@@ -30,10 +30,11 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Iterable
 
 from pyspark.sql import DataFrame, SparkSession
@@ -61,6 +62,7 @@ from btcstream.streaming import parse, transforms
 from btcstream.streaming.alerts import AlertCounts, AlertStage
 from btcstream.streaming.delta_batches import BatchCounts, DeltaBatchWriter
 from btcstream.streaming.forecasts import ForecastCounts, ForecastStage
+from btcstream.streaming.hour_partials import BatchPartials, HourlyPartials
 from btcstream.streaming.hourly_upserts import HourlyCounts, LiveDates, upsert_hours
 from btcstream.streaming.progress import ProgressWriter
 
@@ -155,9 +157,12 @@ class IngestBatch:
         self.paths = paths
         self.allowed_lateness = settings.allowed_lateness_span
         # One writer id per checkpoint location: a new checkpoint restarts batch ids at 0.
-        self.writer = DeltaBatchWriter(paths.raw, paths.quarantine, app_id=f"btcstream-ingest:{paths.checkpoints[INGEST_QUERY]}",
-                                       trades_url=paths.trades, trades_topic=settings.trades_topic)
         self.grid_seconds = int(settings.rv_grid_span.total_seconds())
+        self.writer = DeltaBatchWriter(paths.raw, paths.quarantine, app_id=f"btcstream-ingest:{paths.checkpoints[INGEST_QUERY]}",
+                                       trades_url=paths.trades, trades_topic=settings.trades_topic, partials=True,
+                                       grid_seconds=self.grid_seconds)
+        # The hours being filled, as partial aggregates: each batch adds what it inserted (no re-read).
+        self.hour_partials = HourlyPartials(self.grid_seconds)
         self.progress = progress
         self.event_clock: datetime | None = None  # newest event_time stored; read from the log on first use
         self.live_dates = LiveDates()  # where hourly_metrics holds live rows; read from the table on first use
@@ -176,9 +181,16 @@ class IngestBatch:
         hourly = HourlyCounts(0, 0, 0, 0, 0)
         with stages("hourly"):
             if counts.hours and clock is not None:
-                hourly = upsert_hours(kafka_rows.sparkSession, self.paths.raw, self.paths.hourly, list(counts.hours),
+                spark = kafka_rows.sparkSession
+                if counts.partials is None:  # not known what the batch added: read its hours back
+                    self.hour_partials.drop(counts.hours)
+                self.hour_partials.update(spark, self.paths.raw, self.paths.trades, counts.hours,
+                                          counts.partials or BatchPartials())
+                hourly = upsert_hours(spark, self.paths.raw, self.paths.hourly, list(counts.hours),
                                       clock, self.allowed_lateness, self.live_dates, trades_url=self.paths.trades,
-                                      grid_seconds=self.grid_seconds)
+                                      grid_seconds=self.grid_seconds, partials=self.hour_partials)
+                # Hours final for an hour already: a later tick for one reads it back from the tables.
+                self.hour_partials.forget_before(clock - self.allowed_lateness - timedelta(hours=1))
         with stages("forecasts"):
             forecasts = self.forecasts(hourly.finalised, hourly.revised)
         with stages("alerts"):
@@ -340,11 +352,42 @@ class _ProgressListener(StreamingQueryListener):
 
 def root_cause_line(failure: str) -> str:
     """The line of a JVM failure text worth logging: its innermost `Caused by:` (e.g. `java.io.IOException:
-    No space left on device`), else its first line (a failure in foreachBatch starts with py4j's
-    "An exception was raised by the Python Proxy", which says nothing)."""
+    No space left on device`), else its first line. When that is py4j's "An exception was raised by the
+    Python Proxy" (a failure in the Python batch function, which says nothing by itself), the Python
+    exception line of the traceback it carries, with the last `↳` detail delta-rs adds (e.g. `OSError:
+    Generic HdfsObjectStore error: Connection refused (os error 111)`)."""
     lines = failure.strip().splitlines()
     causes = [line.strip().removeprefix("Caused by: ") for line in lines if line.strip().startswith("Caused by: ")]
-    return causes[-1] if causes else (lines[0] if lines else failure)
+    cause = causes[-1] if causes else (lines[0] if lines else failure)
+    if "Python Proxy" in cause:
+        return _python_exception_line(lines) or cause
+    return cause
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _python_exception_line(lines: list[str]) -> str | None:
+    """The exception line ending the last Python traceback in `lines` (plus its last `↳` detail), if any."""
+    found: str | None = None
+    for start, line in enumerate(lines):
+        if "Traceback (most recent call last)" not in line:
+            continue
+        index = start + 1
+        while index < len(lines) and lines[index][:1].isspace():
+            index += 1  # the frames: "  File ...", then the code line
+        if index == len(lines):
+            continue
+        found = lines[index].strip()
+        details = []
+        for follow in lines[index + 1:]:
+            text = _ANSI.sub("", follow).strip()
+            if not text.startswith("↳"):
+                break
+            details.append(text.removeprefix("↳").strip())
+        if details:
+            found = f"{found}: {details[-1]}"
+    return found
 
 
 _listeners: dict[int, _ProgressListener] = {}

@@ -79,6 +79,49 @@ def realized_volatility(mids: Column) -> Column:
     return F.sqrt(F.aggregate(squared_log_returns, F.lit(0.0), lambda total, term: total + term))
 
 
+def quote_step_partials(enriched: DataFrame, grid_seconds: int = RV_GRID_SECONDS) -> DataFrame:
+    """Per (symbol, event-time hour `window`, `grid_seconds` step): what `hourly_metrics` combines.
+
+    n, sum_mid, sum_spread, sum_spread_bps, sum_liquidity (+ n_liquidity non-null), sum_volume_24h
+    (+ n_volume_24h), max_mid, min_mid, first_mid / first_at and last_mid / last_at (the mid of the
+    step's first and last tick by (event_time, update_id), and that key). Each is a sum, count, min or
+    max, so the partials of two sets of ticks merge into those of their union: the job keeps them per
+    hour across batches (`btcstream.streaming.hour_partials`) instead of reading the hour back.
+    """
+    order = F.struct("event_time", F.coalesce(F.col("update_id"), F.lit(0)).alias("update_id"))
+    step = F.floor(F.unix_micros("event_time") / F.lit(grid_seconds * 1_000_000)).alias("step")
+    return enriched.groupBy("symbol", F.window("event_time", HOUR).alias("window"), step).agg(
+        F.count(F.lit(1)).alias("n"),
+        F.sum("mid_price").alias("sum_mid"),
+        F.sum("spread").alias("sum_spread"),
+        F.sum("spread_bps").alias("sum_spread_bps"),
+        F.sum("top_of_book_liquidity").alias("sum_liquidity"),
+        F.count("top_of_book_liquidity").alias("n_liquidity"),
+        F.sum("volume_24h").alias("sum_volume_24h"),
+        F.count("volume_24h").alias("n_volume_24h"),
+        F.max("mid_price").alias("max_mid"),
+        F.min("mid_price").alias("min_mid"),
+        F.min_by("mid_price", order).alias("first_mid"),
+        F.min(order).alias("first_at"),
+        F.max_by("mid_price", order).alias("last_mid"),
+        F.max(order).alias("last_at"),
+    )
+
+
+def trade_hour_partials(trades: DataFrame) -> DataFrame:
+    """Per (symbol, trade-time hour `window`): trade_count, sum_notional (sum of price * qty), sum_qty,
+    buy_volume, sell_volume: the sums `hourly_trade_metrics` divides (mergeable like the quote steps)."""
+    buy = F.when(~F.col("buyer_is_maker"), F.col("qty")).otherwise(F.lit(0.0))
+    sell = F.when(F.col("buyer_is_maker"), F.col("qty")).otherwise(F.lit(0.0))
+    return trades.groupBy("symbol", F.window("trade_time", HOUR).alias("window")).agg(
+        F.count(F.lit(1)).alias("trade_count"),
+        F.sum(F.col("price") * F.col("qty")).alias("sum_notional"),
+        F.sum("qty").alias("sum_qty"),
+        F.sum(buy).alias("buy_volume"),
+        F.sum(sell).alias("sell_volume"),
+    )
+
+
 def hourly_metrics(enriched: DataFrame, grid_seconds: int = RV_GRID_SECONDS) -> DataFrame:
     """One row per (symbol, event-time hour [window_start, window_end)) of enriched ticks.
 
@@ -98,24 +141,7 @@ def hourly_metrics(enriched: DataFrame, grid_seconds: int = RV_GRID_SECONDS) -> 
     per grid step, partial sums and the step's first/last mid; per hour, those combined and the
     hour's at most 3600 / grid_seconds (60) last-mids sorted into the returns.
     """
-    order = F.struct("event_time", F.coalesce(F.col("update_id"), F.lit(0)).alias("update_id"))
-    step = F.floor(F.unix_micros("event_time") / F.lit(grid_seconds * 1_000_000)).alias("step")
-    steps = enriched.groupBy("symbol", F.window("event_time", HOUR).alias("window"), step).agg(
-        F.count(F.lit(1)).alias("n"),
-        F.sum("mid_price").alias("sum_mid"),
-        F.sum("spread").alias("sum_spread"),
-        F.sum("spread_bps").alias("sum_spread_bps"),
-        F.sum("top_of_book_liquidity").alias("sum_liquidity"),
-        F.count("top_of_book_liquidity").alias("n_liquidity"),
-        F.sum("volume_24h").alias("sum_volume_24h"),
-        F.count("volume_24h").alias("n_volume_24h"),
-        F.max("mid_price").alias("max_mid"),
-        F.min("mid_price").alias("min_mid"),
-        F.min_by("mid_price", order).alias("first_mid"),
-        F.min(order).alias("first_at"),
-        F.max_by("mid_price", order).alias("last_mid"),
-        F.max(order).alias("last_at"),
-    )
+    steps = quote_step_partials(enriched, grid_seconds)
     hours = steps.groupBy("symbol", "window").agg(
         F.sum("n").alias("tick_count"),
         (F.sum("sum_mid") / F.sum("n")).alias("avg_price"),
@@ -149,14 +175,9 @@ def hourly_trade_metrics(trades: DataFrame) -> DataFrame:
     sell_volume     = sum(qty) of trades whose seller was the taker (buyer_is_maker true: a sell hit the bid)
     trade_imbalance = (buy_volume - sell_volume) / (buy_volume + sell_volume), in [-1, 1]
     """
-    buy = F.when(~F.col("buyer_is_maker"), F.col("qty")).otherwise(F.lit(0.0))
-    sell = F.when(F.col("buyer_is_maker"), F.col("qty")).otherwise(F.lit(0.0))
-    grouped = trades.groupBy("symbol", F.window("trade_time", HOUR).alias("window")).agg(
-        F.try_divide(F.sum(F.col("price") * F.col("qty")), F.sum("qty")).alias("vwap"),
-        F.count(F.lit(1)).alias("trade_count"),
-        F.sum(buy).alias("buy_volume"),
-        F.sum(sell).alias("sell_volume"),
-    )
+    grouped = trade_hour_partials(trades).select(
+        "symbol", "window", F.try_divide(F.col("sum_notional"), F.col("sum_qty")).alias("vwap"), "trade_count",
+        "buy_volume", "sell_volume")
     return grouped.select(
         "symbol", F.col("window.start").alias("window_start"), F.col("window.end").alias("window_end"),
         "vwap", "trade_count", "buy_volume", "sell_volume",
