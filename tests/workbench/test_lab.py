@@ -73,8 +73,9 @@ def test_services_are_reported_with_how_to_start_them(tmp_path: Path) -> None:
     settings = Settings(state_dir=tmp_path / "state")  # nothing was ever started there
     lines = service_lines(settings)
     assert lines[0].startswith("kafka:") and "not running" in lines[0]
-    assert lines[1].startswith("hdfs:") and "not running" in lines[1]
-    assert "btcstream infra up" in lines[2] and "--with-stack" in lines[2]
+    assert lines[1].startswith("hdfs-namenode:") and "not running" in lines[1]
+    assert lines[2].startswith("hdfs-datanode:") and "not running" in lines[2]
+    assert "btcstream infra up" in lines[3] and "--with-stack" in lines[3]
 
 
 def test_ctrl_c_stops_jupyterlab_and_exits_cleanly(tmp_path: Path) -> None:
