@@ -301,7 +301,8 @@ def test_jupyterlab_runs_notebook_03_and_draws_the_stored_metrics(workbench_run,
     output = "".join(lab.lines)
     assert code == 0, output
     assert output.count("token=") == 1, f"the URL with its token is printed once:\n{output}"
-    assert re.search(r"^kafka: +up", output, re.M) and re.search(r"^hdfs: +up", output, re.M), output
+    for service in ("kafka", "hdfs-namenode", "hdfs-datanode"):
+        assert re.search(rf"^{service}: +up", output, re.M), output
 
 
 # --- the HTML report ---------------------------------------------------------------------------

@@ -29,12 +29,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             print(line)
         return 0
     statuses, external = stack.status(settings)
-    print(f"{'service':8} {'state':12} {'pid':>8} {'rss MiB':>8}  ports  data  health")
+    width = max([len("service"), *(len(s.name) for s in statuses)])
+    print(f"{'service':{width}} {'state':8} {'pid':>8} {'rss MiB':>8}  ports  data  health")
     for s in statuses:
         state = "healthy" if s.healthy else ("running" if s.running else "stopped")
         ports = ",".join(f"{k}={v}" for k, v in s.ports.items())
         rss = f"{s.memory_mib:.0f}" if s.memory_mib else "-"
-        print(f"{s.name:8} {state:12} {s.pid or '-':>8} {rss:>8}  {ports}  {s.data_dir}  {s.detail}")
+        print(f"{s.name:{width}} {state:8} {s.pid or '-':>8} {rss:>8}  {ports}  {s.data_dir}  {s.detail}")
     for line in external:
         print(line)
     return 0 if all(s.healthy for s in statuses) else 1
