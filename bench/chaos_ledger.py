@@ -2,11 +2,11 @@
 
 The exchange's own `state()` gives only the first and last id each stream sent, not which ids in
 between went out (nobody subscribed while the producer was dead, a silenced connection gets nothing,
-a gap fault skips ids). `SentLedger.attach(exchange)` wraps the stream server's delivery step, in
+a gap fault skips ids). `SentLedger.attach(exchange)` observes the stream server's deliveries, in
 this process, and records, per (symbol, kind), each id written to at least one connection and the
 moment (time.monotonic()) it was written, so the checker knows exactly what a complete pipeline
-had to store. It reads the stream server's private subscriber state (the same rules `_deliver`
-applies: silenced connections get nothing, a connection with a gap to skip misses the first ids).
+had to store. It listens to the stream server's deliveries (`StreamServer.observe`): silenced
+connections get nothing, a connection with a gap to skip misses the first ids.
 
 Not for: changing what the exchange sends.
 """
@@ -16,7 +16,6 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from typing import Any
 
 from btcstream.exchange.server import ExchangeServer
 
@@ -33,28 +32,11 @@ class SentLedger:
 
     def attach(self, exchange: ExchangeServer) -> None:
         """Record every later delivery of `exchange`'s WebSocket streams."""
-        streams = exchange.streams
-        deliver = streams._deliver
+        exchange.streams.observe(self._on_delivered)
 
-        def recording_deliver(symbol: str, kind: str, frames: list[tuple[int, bytes]]) -> None:
-            if kind in KINDS and frames:
-                self._record(symbol, KINDS[kind], self._written_ids(streams, symbol, kind, frames))
-            deliver(symbol, kind, frames)
-
-        streams._deliver = recording_deliver  # type: ignore[method-assign]
-
-    @staticmethod
-    def _written_ids(streams: Any, symbol: str, kind: str, frames: list[tuple[int, bytes]]) -> list[int]:
-        """The ids of `frames` that `_deliver` writes to at least one connection."""
-        written: set[int] = set()
-        for client in streams._subscribers[streams._names[(symbol, kind)]]:
-            if client.silenced_until is not None:
-                continue
-            skip = client.skips.get((kind, symbol)) or 0
-            written.update(n for n, _ in frames[skip:])
-            if len(written) == len(frames):
-                break
-        return sorted(written)
+    def _on_delivered(self, symbol: str, kind: str, ids: list[int]) -> None:
+        if kind in KINDS:
+            self._record(symbol, KINDS[kind], ids)
 
     def _record(self, symbol: str, kind: str, ids: list[int]) -> None:
         if not ids:

@@ -521,6 +521,23 @@ def test_update_id_gap_skips_exactly_the_recorded_ids(exchange):
     assert record["kind"] == "update_id_gap" and record["skipped_ids"] == missing and record["skipped"] == 5
 
 
+def test_observers_see_exactly_the_ids_written_to_a_connection(exchange):
+    seen: list[int] = []
+    exchange.streams.observe(lambda symbol, kind, ids: seen.extend(ids) if (symbol, kind) == ("BTCUSDT", "bookTicker") else None)
+
+    async def go() -> Session:
+        session = await Session.open(exchange.ws_url + "/ws/btcusdt@bookTicker")
+        await asyncio.sleep(0.3)
+        await inject(exchange, kind="update_id_gap", symbol="BTCUSDT", skip=5)  # the only connection skips 5
+        await asyncio.sleep(0.4)
+        await session.close()
+        return session
+
+    received = [m["u"] for m in run(go()).messages()]
+    assert seen[:len(received)] == received  # after the close nothing more reaches a connection
+    assert not set(seen) & set(exchange.state()["ws"]["faults"]["applied"][0]["skipped_ids"])
+
+
 def test_trade_id_gap_is_filled_from_rest_by_id(exchange):
     async def go() -> Session:
         session = await Session.open(exchange.ws_url + "/ws/btcusdt@aggTrade")

@@ -7,6 +7,8 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from btcstream.errors import BtcstreamError, StorageNotWritable, StreamingQueryFailed
 from btcstream.names import QUERY_NAMES
@@ -82,44 +84,15 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     queries = start()
     log.info("streaming %s -> %s (trigger %ss); stop with Ctrl-C or SIGTERM", settings.topic,
              settings.storage_root, args.trigger_interval or settings.trigger_interval_s)
+    budget = RestartBudget(args.max_restarts)
     failed = True
-    restarts = 0
-    running_since = time.monotonic()
     try:
         while not stop.wait(HEALTH_CHECK_S):
             failure = _failure(queries)
             if failure is None:
-                if restarts and time.monotonic() - running_since >= STABLE_AFTER_S:
-                    log.info("running for %.0f s since the last restart: the restart count starts again", STABLE_AFTER_S)
-                    restarts = 0
-                continue
-            name, error = failure
-            while True:  # restart, until started (HDFS may still be down) or out of restarts
-                text = failure_text(error) if isinstance(error, BaseException) else error
-                refusal = storage_refusal(settings, text)
-                if refusal is not None:
-                    raise refusal
-                # The innermost JVM cause (e.g. java.io.EOFException): the first line of a failure in the
-                # batch function is py4j's "An exception was raised by the Python Proxy", which says nothing.
-                reason = job.root_cause_line(text)
-                if restarts >= args.max_restarts:
-                    tried = f" (after {restarts} restarts)" if restarts else ""
-                    raise StreamingQueryFailed(name, reason + tried)
-                delay = RESTART_BACKOFF_S[min(restarts, len(RESTART_BACKOFF_S) - 1)]
-                restarts += 1
-                log.warning("query %s failed (%s); restarting it from its checkpoint in %.0f s (restart %d of %d)",
-                            name, reason, delay, restarts, args.max_restarts)
-                job.note_restart(spark, name, reason)
-                if stop.wait(delay):
-                    break
-                try:
-                    job.stop_queries(queries)
-                    queries = start()
-                    running_since = time.monotonic()
-                    log.info("restarted %s", name)
-                    break
-                except Exception as start_error:  # noqa: BLE001 - e.g. the NameNode not back yet: try again
-                    error = start_error
+                budget.note_healthy()
+            else:
+                queries = _restart(spark, settings, queries, failure, budget, stop, start)
         failed = False
     finally:
         log.info("stopping %d queries", len(queries))
@@ -131,6 +104,64 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             _stop_session(spark)
     log.info("stopped cleanly")
     return 0
+
+
+@dataclass
+class RestartBudget:
+    """Restarts in a row, up to `limit`; the count starts again once a query has run STABLE_AFTER_S."""
+
+    limit: int
+    used: int = 0
+    running_since: float = field(default_factory=time.monotonic)
+
+    def note_healthy(self) -> None:
+        if self.used and time.monotonic() - self.running_since >= STABLE_AFTER_S:
+            log.info("running for %.0f s since the last restart: the restart count starts again", STABLE_AFTER_S)
+            self.used = 0
+
+    def take(self, name: str, reason: str) -> float:
+        """The wait before the next restart; `StreamingQueryFailed` once none is left."""
+        if self.used >= self.limit:
+            tried = f" (after {self.used} restarts)" if self.used else ""
+            raise StreamingQueryFailed(name, reason + tried)
+        delay = RESTART_BACKOFF_S[min(self.used, len(RESTART_BACKOFF_S) - 1)]
+        self.used += 1
+        return delay
+
+    def note_started(self) -> None:
+        self.running_since = time.monotonic()
+
+
+def _restart(spark, settings: Settings, queries: list, failure: tuple[str, BaseException | str],
+             budget: RestartBudget, stop: threading.Event, start: Callable[[], list]) -> list:
+    """Start the failed queries again from their checkpoint, trying until they start (HDFS may still be
+    down: a failed start takes the next restart) or the budget runs out. The queries now running."""
+    from btcstream.streaming import job
+
+    name, error = failure
+    while True:
+        text = failure_text(error) if isinstance(error, BaseException) else error
+        refusal = storage_refusal(settings, text)
+        if refusal is not None:
+            raise refusal
+        # The innermost JVM cause (e.g. java.io.EOFException): the first line of a failure in the
+        # batch function is py4j's "An exception was raised by the Python Proxy", which says nothing.
+        reason = job.root_cause_line(text)
+        delay = budget.take(name, reason)
+        log.warning("query %s failed (%s); restarting it from its checkpoint in %.0f s (restart %d of %d)",
+                    name, reason, delay, budget.used, budget.limit)
+        job.note_restart(spark, name, reason)
+        if stop.wait(delay):
+            return queries
+        try:
+            job.stop_queries(queries)
+            queries = start()
+        except Exception as start_error:  # noqa: BLE001 - e.g. the NameNode not back yet: try again
+            error = start_error
+            continue
+        budget.note_started()
+        log.info("restarted %s", name)
+        return queries
 
 
 def _failure(queries: list) -> tuple[str, BaseException | str] | None:

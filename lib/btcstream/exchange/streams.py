@@ -135,6 +135,12 @@ class StreamServer:
         self._thread: threading.Thread | None = None
         self._server: Server | None = None
         self._pump_task: asyncio.Task[None] | None = None
+        self._observers: list[Callable[[str, str, list[int]], None]] = []
+
+    def observe(self, callback: Callable[[str, str, list[int]], None]) -> None:
+        """Call `callback(symbol, kind, ids)` after each delivery, on the server's loop, with the ids
+        written to at least one connection (none to a silenced one, not the ids a gap skipped)."""
+        self._observers.append(callback)
 
     @property
     def url(self) -> str:
@@ -481,6 +487,7 @@ class StreamServer:
         raw_group: list[_Client] = []
         combined_group: list[_Client] = []
         skipping: list[_Client] = []
+        written: list[tuple[int, bytes]] = []  # the frames written to at least one connection
         for client in self._subscribers[name]:
             if client.silenced_until is not None:
                 continue
@@ -496,6 +503,7 @@ class StreamServer:
                 for client in group:
                     client.sent += len(frames)
                 self._sent[(symbol, kind)] += len(frames) * len(group)
+                written = frames
         for client in skipping:
             count = client.skips[(kind, symbol)]
             skipped, rest = frames[:count], frames[count:]
@@ -509,6 +517,10 @@ class StreamServer:
                 broadcast([client.ws], prefix + frame + b"}" if client.combined else frame, text=True)
             client.sent += len(rest)
             self._sent[(symbol, kind)] += len(rest)
+            if len(rest) > len(written):
+                written = rest  # a later slice of the same frames: the longest covers the others
+        for observer in self._observers:
+            observer(symbol, kind, [n for n, _ in written])
 
     def _send_extra(self, client: _Client, frame: bytes, event: str) -> None:
         """A frame outside the streams (serverShutdown, malformed frames)."""
