@@ -5,8 +5,8 @@ between went out (nobody subscribed while the producer was dead, a silenced conn
 a gap fault skips ids). `SentLedger.attach(exchange)` observes the stream server's deliveries, in
 this process, and records, per (symbol, kind), each id written to at least one connection and the
 moment (time.monotonic()) it was written, so the checker knows exactly what a complete pipeline
-had to store. It listens to the stream server's deliveries (`StreamServer.observe`): silenced
-connections get nothing, a connection with a gap to skip misses the first ids.
+had to store (`StreamServer.observe`: silenced connections get nothing, a connection with a gap to
+skip misses the first ids).
 
 Not for: changing what the exchange sends.
 """
