@@ -9,14 +9,19 @@ symbol per second); the producer (`btcstream produce --source replay --feed webs
 streaming job (`btcstream stream`), each its own process.
 
 Every `--sample-seconds` (60) it records, per process (broker, HDFS NameNode and DataNode, job driver = the `btcstream
-stream` Python process plus its JVM, producer): resident memory (RSS) and open file descriptors; and
+stream` Python process plus its JVM, producer): resident memory (RSS) and open file descriptors; for the three
+service JVMs also the heap in use after garbage collection (the smallest after any collection of the minute,
+from their GC logs: `btcstream.infra.gc_log`) and their memory outside the heap (RSS - committed heap); and
 the job's Kafka lag (topic end offsets - the checkpoint's committed offsets, both topics), its last
 batch duration (the progress document) and the number of files under the storage root (WebHDFS).
 
 Verdict (exit 1 when any fails), over the samples after `--warm-up-minutes`:
 - memory and descriptors do not keep growing: least-squares slope x post-warm-up duration stays
   under max(GROWTH_FRACTION x median, GROWTH_FLOOR) for each process, or the last third's median is
-  not above the first third's by that much (a one-off step is not a leak; a trend is);
+  not above the first third's by that much (a one-off step is not a leak; a trend is). A service JVM's
+  memory is judged by its heap after GC (its live data: a leak grows it) and its memory outside the
+  heap, not by its RSS: the RSS of a JVM started with -Xms below -Xmx grows while the heap it commits
+  and touches fills up to -Xmx, which is bounded and no leak (its RSS is still listed);
 - lag returns to near zero: after the producer stops, the lag drains to <= LAG_NEAR_ZERO within
   `--drain-minutes`, and no third of the run has a minimum lag above the messages of one minute.
 
@@ -38,7 +43,7 @@ import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the derived-symbol histories the WebSocket benchmarks use
 from helpers.replay_exchange import symbol_histories  # noqa: E402
 
+from btcstream.infra.gc_log import heap_after_gc  # noqa: E402
 from btcstream.infra.hdfs import DataNode, NameNode  # noqa: E402
 from btcstream.infra.kafka import KafkaBroker  # noqa: E402
 from btcstream.settings import Settings  # noqa: E402
@@ -56,9 +62,11 @@ from btcstream.streaming.progress import read_progress  # noqa: E402
 from chaos_pipeline import ChaosConfig, ChaosPipeline  # noqa: E402 - the same isolated pipeline, without faults
 
 RESULTS = ROOT / "bench" / "results"
-GROWTH_FRACTION, GROWTH_FLOOR = {"rss_mib": 0.10, "fds": 0.20}, {"rss_mib": 64.0, "fds": 20.0}
+GROWTH_FRACTION = {"rss_mib": 0.10, "heap_mib": 0.10, "nonheap_mib": 0.10, "fds": 0.20}
+GROWTH_FLOOR = {"rss_mib": 64.0, "heap_mib": 32.0, "nonheap_mib": 32.0, "fds": 20.0}
 LAG_NEAR_ZERO = 1_000  # records
 PROCESSES = ("broker", "namenode", "datanode", "job_driver", "producer")
+SERVICE_JVMS = ("broker", "namenode", "datanode")  # judged by heap after GC and non-heap memory, not RSS
 log = logging.getLogger("soak")
 
 
@@ -68,6 +76,8 @@ class Sample:
 
     at: float  # seconds since the start
     rss_mib: dict[str, float] = field(default_factory=dict)
+    heap_mib: dict[str, float] = field(default_factory=dict)  # service JVMs: smallest heap after a GC of the interval
+    nonheap_mib: dict[str, float] = field(default_factory=dict)  # service JVMs: RSS - committed heap
     fds: dict[str, int] = field(default_factory=dict)
     lag: int | None = None
     batch_ms: float | None = None
@@ -113,13 +123,19 @@ def last_batch_ms(settings: Settings) -> float | None:
     return float(duration) if duration is not None else None
 
 
-def take_sample(pipeline: ChaosPipeline, started: float, pids: dict[str, int | None]) -> Sample:
+def take_sample(pipeline: ChaosPipeline, started: float, pids: dict[str, int | None], gc_logs: dict[str, Path],
+                interval_s: float) -> Sample:
     settings = pipeline.settings
     sample = Sample(at=time.monotonic() - started)
     for name, pid in pids.items():
         reading = memory_and_files(pid, with_children=name == "job_driver")
         if reading is not None:
             sample.rss_mib[name], sample.fds[name] = reading
+    for name, path in gc_logs.items():
+        heap = heap_after_gc(path, timedelta(seconds=interval_s))
+        if heap is not None and name in sample.rss_mib:  # None: no collection in the interval
+            sample.heap_mib[name] = float(heap.used_mib)
+            sample.nonheap_mib[name] = sample.rss_mib[name] - heap.committed_mib
     sample.lag, sample.batch_ms, sample.hdfs_files = kafka_lag(pipeline), last_batch_ms(settings), hdfs_files(settings)
     return sample
 
@@ -136,9 +152,11 @@ def verdict(samples: list[Sample], warm_up_s: float, messages_per_minute: float,
     """(lines of the growth table, failures)."""
     after = [s for s in samples if s.at >= warm_up_s]
     lines, failures = [], []
-    for metric in ("rss_mib", "fds"):
+    for metric in ("rss_mib", "heap_mib", "nonheap_mib", "fds"):
         for name in PROCESSES:
             points = [(s.at / 3600, getattr(s, metric)[name]) for s in after if name in getattr(s, metric)]
+            if metric in ("heap_mib", "nonheap_mib") and name not in SERVICE_JVMS:
+                continue
             if len(points) < 3:
                 lines.append(f"| {name} | {metric} | - | - | - | too few samples |")
                 continue
@@ -146,9 +164,12 @@ def verdict(samples: list[Sample], warm_up_s: float, messages_per_minute: float,
             trend, step = growth(times, values)
             limit = max(GROWTH_FRACTION[metric] * float(np.median(values)), GROWTH_FLOOR[metric])
             grows = trend > limit and step > limit
+            judged = not (metric == "rss_mib" and name in SERVICE_JVMS)
+            label = ("KEEPS GROWING" if grows else "flat") if judged else (
+                f"{'grows' if grows else 'flat'} (not judged: heap + non-heap are)")
             lines.append(f"| {name} | {metric} | {values[0]:,.0f} | {values[-1]:,.0f} | {trend:+,.1f} "
-                         f"(limit {limit:,.0f}) | {'KEEPS GROWING' if grows else 'flat'} |")
-            if grows:
+                         f"(limit {limit:,.0f}) | {label} |")
+            if grows and judged:
                 failures.append(f"{name} {metric} keeps growing: {trend:+,.1f} over the run after warm-up")
     lags = [s.lag for s in after if s.lag is not None]
     if lags:
@@ -167,16 +188,21 @@ def write_results(args: argparse.Namespace, samples: list[Sample], lines: list[s
     RESULTS.mkdir(parents=True, exist_ok=True)
     with open(RESULTS / "soak_samples.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["minute", *(f"{n}_rss_mib" for n in PROCESSES), *(f"{n}_fds" for n in PROCESSES),
+        writer.writerow(["minute", *(f"{n}_rss_mib" for n in PROCESSES), *(f"{n}_heap_mib" for n in SERVICE_JVMS),
+                         *(f"{n}_nonheap_mib" for n in SERVICE_JVMS), *(f"{n}_fds" for n in PROCESSES),
                          "lag", "batch_ms", "hdfs_files"])
         for s in samples:
             writer.writerow([f"{s.at / 60:.1f}", *(f"{s.rss_mib.get(n, float('nan')):.1f}" for n in PROCESSES),
+                             *(f"{s.heap_mib.get(n, float('nan')):.0f}" for n in SERVICE_JVMS),
+                             *(f"{s.nonheap_mib.get(n, float('nan')):.0f}" for n in SERVICE_JVMS),
                              *(s.fds.get(n, "") for n in PROCESSES), s.lag, s.batch_ms, s.hdfs_files])
     at_ten = min(samples, key=lambda s: abs(s.at - 600)) if samples else None
     last = samples[-1] if samples else None
-    rows = [f"| {n} | {at_ten.rss_mib.get(n, float('nan')):,.0f} MiB, {at_ten.fds.get(n, '-')} fds | "
-            f"{last.rss_mib.get(n, float('nan')):,.0f} MiB, {last.fds.get(n, '-')} fds |"
-            for n in PROCESSES] if at_ten and last else []
+    def reading(sample: Sample, name: str) -> str:
+        heap = f" (heap after GC {sample.heap_mib[name]:,.0f})" if name in sample.heap_mib else ""
+        return f"{sample.rss_mib.get(name, float('nan')):,.0f} MiB{heap}, {sample.fds.get(name, '-')} fds"
+
+    rows = [f"| {n} | {reading(at_ten, n)} | {reading(last, n)} |" for n in PROCESSES] if at_ten and last else []
     lags = [s.lag for s in samples if s.lag is not None]
     batches = [s.batch_ms for s in samples if s.batch_ms is not None]
     files = [s.hdfs_files for s in samples if s.hdfs_files is not None]
@@ -209,9 +235,13 @@ def chart(samples: list[Sample]) -> None:
 
     minutes = [s.at / 60 for s in samples]
     figure = make_subplots(rows=5, cols=1, shared_xaxes=True, subplot_titles=(
-        "RSS (MiB)", "open descriptors", "Kafka lag (records)", "batch duration (ms)", "files under the root"))
+        "RSS, and service JVMs' heap after GC (MiB)", "open descriptors", "Kafka lag (records)",
+        "batch duration (ms)", "files under the root"))
     for name in PROCESSES:
         figure.add_trace(go.Scatter(x=minutes, y=[s.rss_mib.get(name) for s in samples], name=f"{name} RSS"), 1, 1)
+        if name in SERVICE_JVMS:
+            figure.add_trace(go.Scatter(x=minutes, y=[s.heap_mib.get(name) for s in samples],
+                                        name=f"{name} heap after GC", line={"dash": "dot"}), 1, 1)
         figure.add_trace(go.Scatter(x=minutes, y=[s.fds.get(name) for s in samples], name=f"{name} fds"), 2, 1)
     figure.add_trace(go.Scatter(x=minutes, y=[s.lag for s in samples], name="lag"), 3, 1)
     figure.add_trace(go.Scatter(x=minutes, y=[s.batch_ms for s in samples], name="batch ms"), 4, 1)
@@ -250,19 +280,22 @@ def main() -> int:
     try:
         pipeline.start()
         started = time.monotonic()
-        pids = {"broker": KafkaBroker(pipeline.settings).pid(), "namenode": NameNode(pipeline.settings).pid(),
-                "datanode": DataNode(pipeline.settings).pid(),
+        services = {"broker": KafkaBroker(pipeline.settings), "namenode": NameNode(pipeline.settings),
+                    "datanode": DataNode(pipeline.settings)}
+        pids = {**{name: service.pid() for name, service in services.items()},
                 "job_driver": pipeline.job.process.pid, "producer": pipeline.producer.process.pid}
+        gc_logs = {name: service.gc_log_file for name, service in services.items()}
         while time.monotonic() - started < args.minutes * 60:
             time.sleep(args.sample_seconds)
             for process in (pipeline.job, pipeline.producer):
                 if not process.alive():  # a soak has no faults: any exit fails it
                     raise RuntimeError(f"the {process.name} exited ({process.process.returncode}): "
                                        f"see {process.log_file}")
-            samples.append(take_sample(pipeline, started, pids))
+            samples.append(take_sample(pipeline, started, pids, gc_logs, args.sample_seconds))
             last = samples[-1]
-            log.info("minute %.0f: rss %s, lag %s, batch %s ms, files %s", last.at / 60,
-                     {k: round(v) for k, v in last.rss_mib.items()}, last.lag, last.batch_ms, last.hdfs_files)
+            log.info("minute %.0f: rss %s, heap after GC %s, lag %s, batch %s ms, files %s", last.at / 60,
+                     {k: round(v) for k, v in last.rss_mib.items()}, last.heap_mib, last.lag, last.batch_ms,
+                     last.hdfs_files)
         restarts = int((read_progress(pipeline.settings, "btcstream_ingest") or {}).get("restarts") or 0)
         pipeline.stop_producer()
         deadline = time.monotonic() + args.drain_minutes * 60

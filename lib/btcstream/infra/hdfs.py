@@ -29,6 +29,7 @@ from xml.sax.saxutils import escape
 
 from btcstream.errors import InfraError
 from btcstream.infra import addresses, artifacts
+from btcstream.infra.gc_log import gc_log_options
 from btcstream.infra.java import java_executable
 from btcstream.infra.service import LocalService, log4j2_config
 from btcstream.settings import Settings
@@ -87,7 +88,8 @@ class _HdfsDaemon(LocalService):
 
     def java(self, *arguments: str) -> list[str]:
         """A java command line running `main_class` with our configuration first on the classpath."""
-        return [java_executable(), self.heap, "-XX:+UseG1GC", "-Djava.awt.headless=true",
+        return [java_executable(), self.heap, "-XX:+UseG1GC", *gc_log_options(self.gc_log_file),
+                "-Djava.awt.headless=true",
                 f"-Dbtcstream.service={self.marker}",
                 f"-Dlog4j2.configurationFile={self.home / f'{self.name}-log4j2.properties'}",
                 f"-Dhadoop.log.dir={self.home}",

@@ -8,6 +8,7 @@ import subprocess
 
 from btcstream.errors import InfraError
 from btcstream.infra import addresses, artifacts, processes
+from btcstream.infra.gc_log import gc_log_options
 from btcstream.infra.java import java_executable
 from btcstream.infra.service import LocalService, log4j2_config
 
@@ -78,8 +79,8 @@ class KafkaBroker(LocalService):
         return [f"-Dlog4j2.configurationFile={self.home / 'log4j2.properties'}", f"-Dkafka.logs.dir={self.home}"]
 
     def command(self) -> list[str]:
-        return [java_executable(), HEAP, "-Xms256m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
-                f"-Dbtcstream.service={self.marker}", *self._log_options(),
+        return [java_executable(), HEAP, "-Xms256m", "-XX:+UseG1GC", *gc_log_options(self.gc_log_file),
+                "-Djava.awt.headless=true", f"-Dbtcstream.service={self.marker}", *self._log_options(),
                 "-cp", artifacts.classpath(self.settings, "kafka"), "kafka.Kafka", str(self.config_file)]
 
     def health(self) -> tuple[bool, str]:
