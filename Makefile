@@ -10,7 +10,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup jars demo test test-fast lint-notebooks clean-state chaos
+.PHONY: setup jars demo test test-fast test-chaos lint-notebooks clean-state chaos
 
 setup: $(STAMP)
 
@@ -42,6 +42,11 @@ test-fast: setup
 	if [ $$status = 0 ]; then echo "test-fast: passed in $$seconds s, no JVM started"; \
 	else echo "test-fast: FAILED (pytest exit $$status) after $$seconds s"; fi; \
 	exit $$status
+
+# The short chaos run CI makes after `make test` (tests/streaming/test_chaos.py: bench/chaos.py --minutes 5
+# --each-once --seed 7, one fault of each kind; 11 minutes on a quiet 2-core machine). Opt-in in `make test`.
+test-chaos: jars
+	BTCSTREAM_TEST_CHAOS=1 $(BIN)/python -m pytest -m chaos tests/streaming/test_chaos.py $(PYTEST_ARGS)
 
 # The pipeline under a seeded schedule of faults on a stack of its own (ports 19092/19000/19870), then a check
 # that nothing was lost or duplicated (bench/chaos.py; CHAOS_ARGS="--minutes 5 --each-once --seed 2").
