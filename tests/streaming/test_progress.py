@@ -67,3 +67,40 @@ def test_each_batch_keeps_where_its_time_went_and_totals_do_not_sum_it(tmp_path:
     assert list(first["stage_ms"].items()) == [("clock", 40), ("tables", 3100), ("hourly", 2400), ("alerts", 5)]
     assert "stage_ms" not in second
     assert not any("stage" in key or key in progress.BATCH_STAGES for key in stored["totals"])
+
+
+def test_a_document_that_cannot_be_read_is_neither_replaced_nor_raised_and_nothing_noted_is_lost(
+        tmp_path: Path, monkeypatch, caplog) -> None:
+    settings = Settings(storage_root=f"file://{tmp_path}")
+    first = progress.ProgressWriter(settings)
+    first.note_batch(INGEST_QUERY, 0, {"input_rows": 7, "inserted_rows": 7})
+    first.record(spark_progress(0, 7))
+
+    # A restarted job meets the NameNode in safe mode: the stored document cannot be read (as
+    # pyarrow's "Zero blocklocations ... Name node is in safe mode" that once ended `btcstream stream`).
+    real_read = progress.read_progress
+    unreadable = [True]
+
+    def read(settings_, name):
+        if unreadable[0]:
+            raise RuntimeError("Zero blocklocations for /bitcoin/checkpoints/progress/x.json. Name node is in safe mode.")
+        return real_read(settings_, name)
+
+    monkeypatch.setattr(progress, "read_progress", read)
+    writer = progress.ProgressWriter(settings)
+    writer.mark_started(INGEST_QUERY)
+    writer.note_restart(INGEST_QUERY, "java.net.ConnectException: Connection refused")
+    writer.note_batch(INGEST_QUERY, 1, {"input_rows": 5, "inserted_rows": 4, "duplicate_rows": 1})
+    writer.record(spark_progress(1, 5))
+    stored = real_read(settings, INGEST_QUERY)
+    assert stored["totals"]["input_rows"] == 7 and "restarts" not in stored  # not replaced by a fresh document
+    assert "could not read streaming progress" in caplog.text
+
+    unreadable[0] = False  # HDFS is back: what was kept is folded in at the next event
+    writer.note_batch(INGEST_QUERY, 2, {"input_rows": 2, "inserted_rows": 2})
+    writer.record(spark_progress(2, 2))
+    stored = real_read(settings, INGEST_QUERY)
+    assert (stored["totals"]["batches"], stored["totals"]["input_rows"], stored["totals"]["inserted_rows"],
+            stored["totals"]["duplicate_rows"]) == (3, 14, 13, 1)
+    assert stored["restarts"] == 1 and stored["last_restart"]["reason"].startswith("java.net.ConnectException")
+    assert [h["batch_id"] for h in stored["history"]] == [0, 1, 2]

@@ -110,7 +110,13 @@ def merge(document: dict[str, Any] | None, progress: dict[str, Any],
 
 
 class ProgressWriter:
-    """Writes the progress document of the queries it is told about, one file per query name."""
+    """Writes the progress document of the queries it is told about, one file per query name.
+
+    Progress is diagnostics: nothing here raises into the job. While the stored document cannot be
+    read (HDFS restarting or in safe mode), what happens is kept in memory (Spark's progress
+    events, restarts) and folded in once it can be read, so the stored totals are never replaced
+    by a document that starts from zero, and no batch's counts are lost.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -118,6 +124,8 @@ class ProgressWriter:
         self._documents: dict[str, dict[str, Any] | None] = {}
         self._counts: dict[tuple[str, int], dict[str, int]] = {}  # (query, batch id) -> counts noted
         self._stage_ms: dict[tuple[str, int], dict[str, int]] = {}  # (query, batch id) -> stage times noted
+        self._waiting: dict[str, list[dict[str, Any]]] = {}  # progress events not folded in yet (unreadable)
+        self._restarts: dict[str, list[str]] = {}  # restart reasons not counted yet (unreadable)
         self._lock = threading.Lock()
 
     def note_batch(self, name: str, batch_id: int, counts: dict[str, int],
@@ -135,13 +143,9 @@ class ProgressWriter:
         if not name:
             return
         with self._lock:
-            if name not in self._documents:
-                self._documents[name] = read_progress(self.settings, name)
-            key = (name, int(progress.get("batchId", -1)))
-            counts, stage_ms = self._counts.pop(key, None), self._stage_ms.pop(key, None)
-            document = merge(self._documents[name], progress, counts, stage_ms)
-            self._documents[name] = document
-            self._write(progress_path(self.settings, name), document)
+            self._waiting.setdefault(name, []).append(progress)
+            if self._loaded(name):
+                self._write(progress_path(self.settings, name), self._documents[name])
 
     def touch(self, name: str) -> None:
         """Record that an idle query is alive (Spark reports idle triggers without a progress)."""
@@ -155,21 +159,20 @@ class ProgressWriter:
     def mark_started(self, name: str) -> None:
         """Forget a previous stop or failure of `name`."""
         with self._lock:
-            document = self._documents.get(name) or read_progress(self.settings, name)
-            if document is None:
+            if not self._loaded(name) or self._documents[name] is None:
                 return
+            document = self._documents[name]
             document.pop("stopped_at", None)
             document["error"] = None
             document["updated_at"] = datetime.now(timezone.utc).isoformat()
-            self._documents[name] = document
             self._write(progress_path(self.settings, name), document)
 
     def mark_stopped(self, name: str, error: str | None) -> None:
         """Record that a query stopped (and why, if it failed)."""
         with self._lock:
-            document = self._documents.get(name) or read_progress(self.settings, name)
-            if document is None:
+            if not self._loaded(name) or self._documents[name] is None:
                 return
+            document = self._documents[name]
             document["stopped_at"] = datetime.now(timezone.utc).isoformat()
             if error is not None:  # a clean stop never hides an earlier failure
                 document["error"] = error
@@ -178,11 +181,31 @@ class ProgressWriter:
     def note_restart(self, name: str, reason: str) -> None:
         """Count a restart of `name` after a failure (`btcstream stream --max-restarts`), with its reason."""
         with self._lock:
-            document = self._documents.get(name) or read_progress(self.settings, name) or empty_document()
-            document["restarts"] = int(document.get("restarts") or 0) + 1
-            document["last_restart"] = {"at": datetime.now(timezone.utc).isoformat(), "reason": reason}
+            self._restarts.setdefault(name, []).append(reason)
+            if self._loaded(name):
+                self._write(progress_path(self.settings, name), self._documents[name])
+
+    def _loaded(self, name: str) -> bool:
+        """Make `self._documents[name]` current: read it once (None: never written), then fold in the
+        progress events and restarts kept meanwhile. False while the stored document cannot be read."""
+        if name not in self._documents:
+            try:
+                self._documents[name] = read_progress(self.settings, name)
+            except Exception as error:  # noqa: BLE001 - e.g. HDFS in safe mode: try again at the next event
+                log.warning("could not read streaming progress of %s (kept in memory until it can be): %s", name,
+                            (str(error).splitlines() or [type(error).__name__])[0])
+                return False
+        for progress in self._waiting.pop(name, []):
+            key = (name, int(progress.get("batchId", -1)))
+            counts, stage_ms = self._counts.pop(key, None), self._stage_ms.pop(key, None)
+            self._documents[name] = merge(self._documents[name], progress, counts, stage_ms)
+        reasons = self._restarts.pop(name, [])
+        if reasons:
+            document = self._documents[name] or empty_document()
+            document["restarts"] = int(document.get("restarts") or 0) + len(reasons)
+            document["last_restart"] = {"at": datetime.now(timezone.utc).isoformat(), "reason": reasons[-1]}
             self._documents[name] = document
-            self._write(progress_path(self.settings, name), document)
+        return True
 
     def _write(self, path: str, document: dict[str, Any]) -> None:
         directory = path.rsplit("/", 1)[0]
