@@ -11,7 +11,7 @@ streaming job (`btcstream stream`), each its own process.
 Every `--sample-seconds` (60) it records, per process (broker, HDFS NameNode and DataNode, job driver = the `btcstream
 stream` Python process plus its JVM, producer): resident memory (RSS) and open file descriptors; for the three
 service JVMs also the heap in use after garbage collection (the smallest after any collection of the minute,
-from their GC logs: `btcstream.infra.gc_log`) and their memory outside the heap (RSS - committed heap); and
+from their GC logs: `btcstream.infra.gc_log`); and
 the job's Kafka lag (topic end offsets - the checkpoint's committed offsets, both topics), its last
 batch duration (the progress document) and the number of files under the storage root (WebHDFS).
 
@@ -19,9 +19,10 @@ Verdict (exit 1 when any fails), over the samples after `--warm-up-minutes`:
 - memory and descriptors do not keep growing: least-squares slope x post-warm-up duration stays
   under max(GROWTH_FRACTION x median, GROWTH_FLOOR) for each process, or the last third's median is
   not above the first third's by that much (a one-off step is not a leak; a trend is). A service JVM's
-  memory is judged by its heap after GC (its live data: a leak grows it) and its memory outside the
-  heap, not by its RSS: the RSS of a JVM started with -Xms below -Xmx grows while the heap it commits
-  and touches fills up to -Xmx, which is bounded and no leak (its RSS is still listed);
+  memory is judged by the slope of its heap after GC (its live data: a heap leak grows it) and by
+  its RSS staying under -Xmx + what lay outside its live heap after warm-up + a margin (`rss_bound`: a
+  native leak crosses it), not by the slope of its RSS: the RSS of a JVM started with -Xms below
+  -Xmx grows while the heap it commits and touches fills up to -Xmx, which is bounded and no leak;
 - lag returns to near zero: after the producer stops, the lag drains to <= LAG_NEAR_ZERO within
   `--drain-minutes`, and no third of the run has a minimum lag above the messages of one minute.
 
@@ -54,7 +55,8 @@ sys.path.insert(0, str(ROOT / "tests"))  # the derived-symbol histories the WebS
 from helpers.replay_exchange import symbol_histories  # noqa: E402
 
 from btcstream.infra.gc_log import heap_after_gc  # noqa: E402
-from btcstream.infra.hdfs import DataNode, NameNode  # noqa: E402
+from btcstream.infra.hdfs import DATANODE_HEAP, NAMENODE_HEAP, DataNode, NameNode  # noqa: E402
+from btcstream.infra.kafka import HEAP as KAFKA_HEAP  # noqa: E402
 from btcstream.infra.kafka import KafkaBroker  # noqa: E402
 from btcstream.settings import Settings  # noqa: E402
 from btcstream.streaming.progress import read_progress  # noqa: E402
@@ -62,11 +64,20 @@ from btcstream.streaming.progress import read_progress  # noqa: E402
 from chaos_pipeline import ChaosConfig, ChaosPipeline  # noqa: E402 - the same isolated pipeline, without faults
 
 RESULTS = ROOT / "bench" / "results"
-GROWTH_FRACTION = {"rss_mib": 0.10, "heap_mib": 0.10, "nonheap_mib": 0.10, "fds": 0.20}
-GROWTH_FLOOR = {"rss_mib": 64.0, "heap_mib": 32.0, "nonheap_mib": 32.0, "fds": 20.0}
+GROWTH_FRACTION = {"rss_mib": 0.10, "heap_mib": 0.10, "fds": 0.20}
+GROWTH_FLOOR = {"rss_mib": 64.0, "heap_mib": 32.0, "fds": 20.0}
 LAG_NEAR_ZERO = 1_000  # records
 PROCESSES = ("broker", "namenode", "datanode", "job_driver", "producer")
-SERVICE_JVMS = ("broker", "namenode", "datanode")  # judged by heap after GC and non-heap memory, not RSS
+SERVICE_JVMS = ("broker", "namenode", "datanode")  # judged by heap after GC and an RSS bound (`rss_bound`)
+
+
+def _mib(option: str) -> float:
+    """-Xmx512m -> 512.0."""
+    value, unit = option.removeprefix("-Xmx")[:-1], option[-1].lower()
+    return float(value) * {"m": 1, "g": 1024}[unit]
+
+
+SERVICE_MAX_HEAP_MIB = {"broker": _mib(KAFKA_HEAP), "namenode": _mib(NAMENODE_HEAP), "datanode": _mib(DATANODE_HEAP)}
 log = logging.getLogger("soak")
 
 
@@ -77,7 +88,6 @@ class Sample:
     at: float  # seconds since the start
     rss_mib: dict[str, float] = field(default_factory=dict)
     heap_mib: dict[str, float] = field(default_factory=dict)  # service JVMs: smallest heap after a GC of the interval
-    nonheap_mib: dict[str, float] = field(default_factory=dict)  # service JVMs: RSS - committed heap
     fds: dict[str, int] = field(default_factory=dict)
     lag: int | None = None
     batch_ms: float | None = None
@@ -135,7 +145,6 @@ def take_sample(pipeline: ChaosPipeline, started: float, pids: dict[str, int | N
         heap = heap_after_gc(path, timedelta(seconds=interval_s))
         if heap is not None and name in sample.rss_mib:  # None: no collection in the interval
             sample.heap_mib[name] = float(heap.used_mib)
-            sample.nonheap_mib[name] = sample.rss_mib[name] - heap.committed_mib
     sample.lag, sample.batch_ms, sample.hdfs_files = kafka_lag(pipeline), last_batch_ms(settings), hdfs_files(settings)
     return sample
 
@@ -147,15 +156,36 @@ def growth(times_h: np.ndarray, values: np.ndarray) -> tuple[float, float]:
     return slope * float(times_h[-1] - times_h[0]), float(np.median(values[-third:]) - np.median(values[:third]))
 
 
+def rss_bound(name: str, after: list[Sample]) -> tuple[str, str | None]:
+    """A service JVM's RSS against what heap growth can explain: bound = -Xmx + what was outside the
+    heap's live data at the first sample after warm-up (RSS - heap after GC: the JVM's own memory
+    plus heap pages touched but free; an upper estimate, so the bound errs on the generous side) +
+    GROWTH_FLOOR. RSS above it means memory outside the heap grew (a native leak), which the heap
+    after GC cannot show."""
+    readings = [s for s in after if name in s.rss_mib]
+    first = next((s for s in readings if name in s.heap_mib), None)
+    if first is None:
+        return f"| {name} | rss_mib | - | - | - | no heap reading after warm-up |", None
+    outside = max(0.0, first.rss_mib[name] - first.heap_mib[name])
+    bound = SERVICE_MAX_HEAP_MIB[name] + outside + GROWTH_FLOOR["rss_mib"]
+    peak = max(s.rss_mib[name] for s in readings)
+    over = peak > bound
+    line = (f"| {name} | rss_mib | {readings[0].rss_mib[name]:,.0f} | {readings[-1].rss_mib[name]:,.0f} | peak "
+            f"{peak:,.0f} (bound {bound:,.0f} = -Xmx {SERVICE_MAX_HEAP_MIB[name]:,.0f} + {outside:,.0f} outside the "
+            f"live heap after warm-up + {GROWTH_FLOOR['rss_mib']:,.0f}) | {'ABOVE ITS BOUND' if over else 'within its bound'} |")
+    return line, (f"{name} rss_mib {peak:,.0f} above its bound {bound:,.0f}: memory outside the heap grew"
+                  if over else None)
+
+
 def verdict(samples: list[Sample], warm_up_s: float, messages_per_minute: float,
             drained_lag: int | None) -> tuple[list[str], list[str]]:
     """(lines of the growth table, failures)."""
     after = [s for s in samples if s.at >= warm_up_s]
     lines, failures = [], []
-    for metric in ("rss_mib", "heap_mib", "nonheap_mib", "fds"):
+    for metric in ("rss_mib", "heap_mib", "fds"):
         for name in PROCESSES:
             points = [(s.at / 3600, getattr(s, metric)[name]) for s in after if name in getattr(s, metric)]
-            if metric in ("heap_mib", "nonheap_mib") and name not in SERVICE_JVMS:
+            if metric == "heap_mib" and name not in SERVICE_JVMS:
                 continue
             if len(points) < 3:
                 lines.append(f"| {name} | {metric} | - | - | - | too few samples |")
@@ -166,11 +196,15 @@ def verdict(samples: list[Sample], warm_up_s: float, messages_per_minute: float,
             grows = trend > limit and step > limit
             judged = not (metric == "rss_mib" and name in SERVICE_JVMS)
             label = ("KEEPS GROWING" if grows else "flat") if judged else (
-                f"{'grows' if grows else 'flat'} (not judged: heap + non-heap are)")
+                f"{'grows' if grows else 'flat'} (not judged: heap after GC and the RSS bound are)")
             lines.append(f"| {name} | {metric} | {values[0]:,.0f} | {values[-1]:,.0f} | {trend:+,.1f} "
                          f"(limit {limit:,.0f}) | {label} |")
             if grows and judged:
                 failures.append(f"{name} {metric} keeps growing: {trend:+,.1f} over the run after warm-up")
+    for name in SERVICE_JVMS:
+        line, failure = rss_bound(name, after)
+        lines.append(line)
+        failures.extend([failure] if failure else [])
     lags = [s.lag for s in after if s.lag is not None]
     if lags:
         third = max(1, len(lags) // 3)
@@ -189,12 +223,11 @@ def write_results(args: argparse.Namespace, samples: list[Sample], lines: list[s
     with open(RESULTS / "soak_samples.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["minute", *(f"{n}_rss_mib" for n in PROCESSES), *(f"{n}_heap_mib" for n in SERVICE_JVMS),
-                         *(f"{n}_nonheap_mib" for n in SERVICE_JVMS), *(f"{n}_fds" for n in PROCESSES),
+                         *(f"{n}_fds" for n in PROCESSES),
                          "lag", "batch_ms", "hdfs_files"])
         for s in samples:
             writer.writerow([f"{s.at / 60:.1f}", *(f"{s.rss_mib.get(n, float('nan')):.1f}" for n in PROCESSES),
                              *(f"{s.heap_mib.get(n, float('nan')):.0f}" for n in SERVICE_JVMS),
-                             *(f"{s.nonheap_mib.get(n, float('nan')):.0f}" for n in SERVICE_JVMS),
                              *(s.fds.get(n, "") for n in PROCESSES), s.lag, s.batch_ms, s.hdfs_files])
     at_ten = min(samples, key=lambda s: abs(s.at - 600)) if samples else None
     last = samples[-1] if samples else None
