@@ -184,9 +184,9 @@ def verdict(samples: list[Sample], warm_up_s: float, messages_per_minute: float,
     lines, failures = [], []
     for metric in ("rss_mib", "heap_mib", "fds"):
         for name in PROCESSES:
-            points = [(s.at / 3600, getattr(s, metric)[name]) for s in after if name in getattr(s, metric)]
             if metric == "heap_mib" and name not in SERVICE_JVMS:
                 continue
+            points = [(s.at / 3600, getattr(s, metric)[name]) for s in after if name in getattr(s, metric)]
             if len(points) < 3:
                 lines.append(f"| {name} | {metric} | - | - | - | too few samples |")
                 continue

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from btcstream.infra import artifacts
 from btcstream.infra.gc_log import gc_log_options, heap_after_gc
 from btcstream.infra.java import java_executable
 from btcstream.infra.kafka import KafkaBroker
@@ -38,7 +39,9 @@ def test_heap_after_gc_is_the_smallest_heap_after_a_pause_within_the_span(tmp_pa
     assert heap_after_gc(tmp_path / "missing-gc.log", timedelta(minutes=10)) is None
 
 
-def test_the_broker_command_writes_its_gc_log_beside_its_own_log(tmp_path: Path) -> None:
+def test_the_broker_command_writes_its_gc_log_beside_its_own_log(tmp_path: Path, monkeypatch) -> None:
+    # The command line only: no jar resolution (that would run Maven, a JVM, in `make test-fast`).
+    monkeypatch.setattr(artifacts, "classpath", lambda settings, component: "")
     broker = KafkaBroker(Settings(state_dir=tmp_path))
     assert broker.gc_log_file == tmp_path / "kafka" / "kafka-gc.log"
     assert gc_log_options(broker.gc_log_file)[0] in broker.command()

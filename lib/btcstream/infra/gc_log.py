@@ -21,11 +21,6 @@ _PAUSE = re.compile(r"^\[(?P<time>[^\]]+)\]\[[^\]]+\] GC\(\d+\) Pause \w+.*? "
                     r"(?P<before>\d+)M->(?P<after>\d+)M\((?P<committed>\d+)M\)")
 
 
-def gc_log_path(home: Path, service: str) -> Path:
-    """Where the service named `service` (e.g. "kafka", "hdfs-namenode") writes its GC log."""
-    return home / f"{service}-gc.log"
-
-
 def gc_log_options(path: Path) -> list[str]:
     """The java option that writes the GC log to `path` (quoted: a path may hold a ':')."""
     return [f'-Xlog:gc:file="{path}":time,uptime:filecount={GC_LOG_FILES},filesize={GC_LOG_FILE_SIZE}']

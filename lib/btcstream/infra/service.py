@@ -10,7 +10,6 @@ from pathlib import Path
 
 from btcstream.errors import InfraError, PortInUse
 from btcstream.infra import addresses, processes
-from btcstream.infra.gc_log import gc_log_path
 from btcstream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -76,7 +75,7 @@ class LocalService(ABC):
     @property
     def gc_log_file(self) -> Path:
         """The JVM's garbage-collection log (`btcstream.infra.gc_log`)."""
-        return gc_log_path(self.home, self.name)
+        return self.home / f"{self.name}-gc.log"
 
     @property
     def data_dir(self) -> Path:
