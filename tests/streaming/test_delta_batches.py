@@ -6,10 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from deltalake import DeltaTable
 
 from btcstream.clients.spark import DELTA_EXTENSION
 from btcstream.ingest.tick import Tick
-from btcstream.streaming.delta_batches import RAW_STRATEGIES, DeltaBatchWriter
+from btcstream.streaming.delta_batches import (RAW_STATS_COLUMNS, RAW_STRATEGIES, STATS_COLUMNS_PROPERTY,
+                                                TRADES_STATS_COLUMNS, DeltaBatchWriter)
 from helpers.ticks import kafka_frame, mixed_frame, random_ticks
 
 pytestmark = pytest.mark.spark
@@ -96,6 +98,14 @@ def test_websocket_quotes_are_told_apart_by_update_id_and_trades_by_trade_id(spa
     assert {"quote_qty", "buyer_is_maker", "first_trade_id", "last_trade_id", "date", "hour"} <= set(trades.columns)
     reasons = sorted(r.reason for r in stored(spark, writer.quarantine_url).collect())
     assert reasons == sorted(["qty not finite or <= 0", "missing or unparseable trade_time", "unparseable JSON"])
+
+    # File statistics only for the columns the readers prune on (cheaper appends), and those present.
+    for url, columns in ((writer.raw_url, RAW_STATS_COLUMNS), (f"file://{tmp_path}/trades", TRADES_STATS_COLUMNS)):
+        table = DeltaTable(url)
+        assert table.metadata().configuration[STATS_COLUMNS_PROPERTY] == ",".join(columns)
+        stats = {name.split(".", 1)[1] for name in table.get_add_actions(flatten=True).column_names
+                 if name.startswith("max.")}
+        assert stats == set(columns)
 
 
 def test_the_batch_summary_gives_the_one_minute_bars_of_its_valid_records(spark, tmp_path: Path) -> None:

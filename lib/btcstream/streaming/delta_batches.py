@@ -46,6 +46,14 @@ TXN_VERSION_CONF = "spark.databricks.delta.write.txnVersion"
 TRADE_KEY = ("symbol", "trade_id")
 RAW_STRATEGIES = ("merge", "anti_join")
 QUOTE_KEY_COLUMN = "_quote_key"  # `quote_key`: (symbol, update_id) for WebSocket quotes, (symbol, event_time) for REST ones
+# Delta collects min/max/null-count statistics per data file for the first 32 columns by default;
+# the readers use those of the symbol and time columns only (file pruning, `readers.latest_time`).
+# Collecting them for these columns alone: a 500,000-row raw_data append 11.3 s -> 9.3 s (min of 3,
+# one run, bench/results/streaming.md notes). A table property, set when the job creates the table
+# (an existing table keeps its own).
+STATS_COLUMNS_PROPERTY = "delta.dataSkippingStatsColumns"
+RAW_STATS_COLUMNS = ("symbol", "event_time")
+TRADES_STATS_COLUMNS = ("symbol", "trade_time", "trade_id")
 
 
 @dataclass(frozen=True)
@@ -231,7 +239,7 @@ class DeltaBatchWriter:
         try:
             # mergeSchema: tables written before tick schema 2 gain its columns (feed, update_id, received_at).
             (new.write.format("delta").mode("append").partitionBy(*RAW_PARTITION_COLUMNS)
-             .option("mergeSchema", "true")
+             .option("mergeSchema", "true").option(STATS_COLUMNS_PROPERTY, ",".join(RAW_STATS_COLUMNS))
              .option("txnAppId", self.app_id).option("txnVersion", batch_id).save(self.raw_url))
         finally:
             new.unpersist()
@@ -262,6 +270,7 @@ class DeltaBatchWriter:
             totals = trade_totals_of(rows)
         try:
             (rows.write.format("delta").mode("append").partitionBy(*TRADES_PARTITION_COLUMNS)
+             .option(STATS_COLUMNS_PROPERTY, ",".join(TRADES_STATS_COLUMNS))
              .option("txnAppId", self.app_id).option("txnVersion", batch_id).save(self.trades_url))
         finally:
             rows.unpersist()
@@ -389,7 +398,8 @@ def _raw_table(spark: SparkSession, url: str, like: DataFrame):
     from delta.tables import DeltaTable
 
     if not DeltaTable.isDeltaTable(spark, url):
-        (like.limit(0).write.format("delta").mode("ignore").partitionBy(*RAW_PARTITION_COLUMNS).save(url))
+        (like.limit(0).write.format("delta").mode("ignore").partitionBy(*RAW_PARTITION_COLUMNS)
+         .option(STATS_COLUMNS_PROPERTY, ",".join(RAW_STATS_COLUMNS)).save(url))
     return DeltaTable.forPath(spark, url)
 
 
