@@ -10,8 +10,9 @@ streaming job (`btcstream stream`), each its own process.
 
 Every `--sample-seconds` (60) it records, per process (broker, HDFS NameNode and DataNode, job driver = the `btcstream
 stream` Python process plus its JVM, producer): resident memory (RSS) and open file descriptors; for the three
-service JVMs also the heap in use after garbage collection (the smallest after any collection of the minute,
-from their GC logs: `btcstream.infra.gc_log`); and
+service JVMs also the heap in use after garbage collection (the smallest after any collection of the minute)
+and the live data G1's newest concurrent marking of the minute found (from their GC logs:
+`btcstream.infra.gc_log`); and
 the job's Kafka lag (topic end offsets - the checkpoint's committed offsets, both topics), its last
 batch duration (the progress document) and the number of files under the storage root (WebHDFS).
 
@@ -19,7 +20,9 @@ Verdict (exit 1 when any fails), over the samples after `--warm-up-minutes`:
 - memory and descriptors do not keep growing: least-squares slope x post-warm-up duration stays
   under max(GROWTH_FRACTION x median, GROWTH_FLOOR) for each process, or the last third's median is
   not above the first third's by that much (a one-off step is not a leak; a trend is). A service JVM's
-  memory is judged by the slope of its heap after GC (its live data: a heap leak grows it) and by
+  memory is judged by the slope of its live data after marking (a heap leak grows it; with fewer than
+  3 markings after warm-up, by its heap after GC instead, which also holds the garbage of old regions
+  G1 has not collected yet and so errs towards "grows") and by
   its RSS staying under -Xmx + what lay outside its live heap after warm-up + a margin (`rss_bound`: a
   native leak crosses it), not by the slope of its RSS: the RSS of a JVM started with -Xms below
   -Xmx grows while the heap it commits and touches fills up to -Xmx, which is bounded and no leak;
@@ -54,7 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the derived-symbol histories the WebSocket benchmarks use
 from helpers.replay_exchange import symbol_histories  # noqa: E402
 
-from btcstream.infra.gc_log import heap_after_gc  # noqa: E402
+from btcstream.infra.gc_log import heap_after_gc, live_after_marking, liveness_log  # noqa: E402
 from btcstream.infra.hdfs import DATANODE_HEAP, NAMENODE_HEAP, DataNode, NameNode  # noqa: E402
 from btcstream.infra.kafka import HEAP as KAFKA_HEAP  # noqa: E402
 from btcstream.infra.kafka import KafkaBroker  # noqa: E402
@@ -64,8 +67,9 @@ from btcstream.streaming.progress import read_progress  # noqa: E402
 from chaos_pipeline import ChaosConfig, ChaosPipeline  # noqa: E402 - the same isolated pipeline, without faults
 
 RESULTS = ROOT / "bench" / "results"
-GROWTH_FRACTION = {"rss_mib": 0.10, "heap_mib": 0.10, "fds": 0.20}
-GROWTH_FLOOR = {"rss_mib": 64.0, "heap_mib": 32.0, "fds": 20.0}
+GROWTH_FRACTION = {"rss_mib": 0.10, "heap_mib": 0.10, "live_mib": 0.10, "fds": 0.20}
+GROWTH_FLOOR = {"rss_mib": 64.0, "heap_mib": 32.0, "live_mib": 32.0, "fds": 20.0}
+MIN_MARKINGS = 3  # live readings after warm-up needed to judge a service JVM by them (else by heap after GC)
 LAG_NEAR_ZERO = 1_000  # records
 PROCESSES = ("broker", "namenode", "datanode", "job_driver", "producer")
 SERVICE_JVMS = ("broker", "namenode", "datanode")  # judged by heap after GC and an RSS bound (`rss_bound`)
@@ -88,6 +92,7 @@ class Sample:
     at: float  # seconds since the start
     rss_mib: dict[str, float] = field(default_factory=dict)
     heap_mib: dict[str, float] = field(default_factory=dict)  # service JVMs: smallest heap after a GC of the interval
+    live_mib: dict[str, float] = field(default_factory=dict)  # service JVMs: live data of the interval's newest marking
     fds: dict[str, int] = field(default_factory=dict)
     lag: int | None = None
     batch_ms: float | None = None
@@ -145,6 +150,9 @@ def take_sample(pipeline: ChaosPipeline, started: float, pids: dict[str, int | N
         heap = heap_after_gc(path, timedelta(seconds=interval_s))
         if heap is not None and name in sample.rss_mib:  # None: no collection in the interval
             sample.heap_mib[name] = float(heap.used_mib)
+        live = live_after_marking(liveness_log(path), timedelta(seconds=interval_s))
+        if live is not None and name in sample.rss_mib:  # None: no marking in the interval
+            sample.live_mib[name] = live.live_mib
     sample.lag, sample.batch_ms, sample.hdfs_files = kafka_lag(pipeline), last_batch_ms(settings), hdfs_files(settings)
     return sample
 
@@ -177,26 +185,39 @@ def rss_bound(name: str, after: list[Sample]) -> tuple[str, str | None]:
                   if over else None)
 
 
+def _judged(metric: str, name: str, by_live: set[str]) -> tuple[bool, str]:
+    """Whether `metric` of process `name` decides the verdict; if not, what does instead."""
+    if name not in SERVICE_JVMS or metric == "fds":
+        return True, ""
+    if metric == "rss_mib":
+        return False, ("live data after marking" if name in by_live else "heap after GC") + " and the RSS bound"
+    if metric == "heap_mib" and name in by_live:
+        return False, "live data after marking and the RSS bound"
+    return True, ""
+
+
 def verdict(samples: list[Sample], warm_up_s: float, messages_per_minute: float,
             drained_lag: int | None) -> tuple[list[str], list[str]]:
     """(lines of the growth table, failures)."""
     after = [s for s in samples if s.at >= warm_up_s]
     lines, failures = [], []
-    for metric in ("rss_mib", "heap_mib", "fds"):
+    by_live = {name for name in SERVICE_JVMS if sum(name in s.live_mib for s in after) >= MIN_MARKINGS}
+    for metric in ("rss_mib", "heap_mib", "live_mib", "fds"):
         for name in PROCESSES:
-            if metric == "heap_mib" and name not in SERVICE_JVMS:
+            if metric in ("heap_mib", "live_mib") and name not in SERVICE_JVMS:
                 continue
             points = [(s.at / 3600, getattr(s, metric)[name]) for s in after if name in getattr(s, metric)]
             if len(points) < 3:
-                lines.append(f"| {name} | {metric} | - | - | - | too few samples |")
+                lines.append(f"| {name} | {metric} | - | - | - | too few "
+                             f"{'markings (G1 marks once the heap fills past its threshold)' if metric == 'live_mib' else 'samples'} |")
                 continue
             times, values = np.array([p[0] for p in points]), np.array([p[1] for p in points], dtype=float)
             trend, step = growth(times, values)
             limit = max(GROWTH_FRACTION[metric] * float(np.median(values)), GROWTH_FLOOR[metric])
             grows = trend > limit and step > limit
-            judged = not (metric == "rss_mib" and name in SERVICE_JVMS)
+            judged, instead = _judged(metric, name, by_live)
             label = ("KEEPS GROWING" if grows else "flat") if judged else (
-                f"{'grows' if grows else 'flat'} (not judged: heap after GC and the RSS bound are)")
+                f"{'grows' if grows else 'flat'} (not judged: {instead} are)")
             lines.append(f"| {name} | {metric} | {values[0]:,.0f} | {values[-1]:,.0f} | {trend:+,.1f} "
                          f"(limit {limit:,.0f}) | {label} |")
             if grows and judged:
@@ -223,16 +244,22 @@ def write_results(args: argparse.Namespace, samples: list[Sample], lines: list[s
     with open(RESULTS / "soak_samples.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["minute", *(f"{n}_rss_mib" for n in PROCESSES), *(f"{n}_heap_mib" for n in SERVICE_JVMS),
+                         *(f"{n}_live_mib" for n in SERVICE_JVMS),
                          *(f"{n}_fds" for n in PROCESSES),
                          "lag", "batch_ms", "hdfs_files"])
         for s in samples:
             writer.writerow([f"{s.at / 60:.1f}", *(f"{s.rss_mib.get(n, float('nan')):.1f}" for n in PROCESSES),
                              *(f"{s.heap_mib.get(n, float('nan')):.0f}" for n in SERVICE_JVMS),
+                             *(f"{s.live_mib.get(n, float('nan')):.1f}" for n in SERVICE_JVMS),
                              *(s.fds.get(n, "") for n in PROCESSES), s.lag, s.batch_ms, s.hdfs_files])
     at_ten = min(samples, key=lambda s: abs(s.at - 600)) if samples else None
     last = samples[-1] if samples else None
     def reading(sample: Sample, name: str) -> str:
-        heap = f" (heap after GC {sample.heap_mib[name]:,.0f})" if name in sample.heap_mib else ""
+        figures = [f"heap after GC {sample.heap_mib[name]:,.0f}"] if name in sample.heap_mib else []
+        marked = [s for s in samples if name in s.live_mib and abs(s.at - sample.at) <= 300]  # markings are minutes apart
+        if marked:
+            figures.append(f"live after marking {min(marked, key=lambda s: abs(s.at - sample.at)).live_mib[name]:,.0f}")
+        heap = f" ({', '.join(figures)})" if figures else ""
         return f"{sample.rss_mib.get(name, float('nan')):,.0f} MiB{heap}, {sample.fds.get(name, '-')} fds"
 
     rows = [f"| {n} | {reading(at_ten, n)} | {reading(last, n)} |" for n in PROCESSES] if at_ten and last else []
@@ -268,13 +295,15 @@ def chart(samples: list[Sample]) -> None:
 
     minutes = [s.at / 60 for s in samples]
     figure = make_subplots(rows=5, cols=1, shared_xaxes=True, subplot_titles=(
-        "RSS, and service JVMs' heap after GC (MiB)", "open descriptors", "Kafka lag (records)",
+        "RSS, and service JVMs' heap after GC and live data after marking (MiB)", "open descriptors", "Kafka lag (records)",
         "batch duration (ms)", "files under the root"))
     for name in PROCESSES:
         figure.add_trace(go.Scatter(x=minutes, y=[s.rss_mib.get(name) for s in samples], name=f"{name} RSS"), 1, 1)
         if name in SERVICE_JVMS:
             figure.add_trace(go.Scatter(x=minutes, y=[s.heap_mib.get(name) for s in samples],
                                         name=f"{name} heap after GC", line={"dash": "dot"}), 1, 1)
+            figure.add_trace(go.Scatter(x=minutes, y=[s.live_mib.get(name) for s in samples], mode="markers",
+                                        name=f"{name} live after marking"), 1, 1)
         figure.add_trace(go.Scatter(x=minutes, y=[s.fds.get(name) for s in samples], name=f"{name} fds"), 2, 1)
     figure.add_trace(go.Scatter(x=minutes, y=[s.lag for s in samples], name="lag"), 3, 1)
     figure.add_trace(go.Scatter(x=minutes, y=[s.batch_ms for s in samples], name="batch ms"), 4, 1)
@@ -326,9 +355,9 @@ def main() -> int:
                                        f"see {process.log_file}")
             samples.append(take_sample(pipeline, started, pids, gc_logs, args.sample_seconds))
             last = samples[-1]
-            log.info("minute %.0f: rss %s, heap after GC %s, lag %s, batch %s ms, files %s", last.at / 60,
-                     {k: round(v) for k, v in last.rss_mib.items()}, last.heap_mib, last.lag, last.batch_ms,
-                     last.hdfs_files)
+            log.info("minute %.0f: rss %s, heap after GC %s, live after marking %s, lag %s, batch %s ms, files %s",
+                     last.at / 60, {k: round(v) for k, v in last.rss_mib.items()}, last.heap_mib, last.live_mib,
+                     last.lag, last.batch_ms, last.hdfs_files)
         restarts = int((read_progress(pipeline.settings, "btcstream_ingest") or {}).get("restarts") or 0)
         pipeline.stop_producer()
         deadline = time.monotonic() + args.drain_minutes * 60
