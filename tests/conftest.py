@@ -47,8 +47,22 @@ def local_stack() -> Iterator[Settings]:
     try:
         yield settings
     finally:
+        _remove_test_area(settings)
         if not was_running:
             stack.down(settings)
+
+
+def _remove_test_area(settings: Settings) -> None:
+    """Delete the session's HDFS test area (one WebHDFS call): a state dir that outlives many runs keeps
+    only what the user put there. Left behind when HDFS is down."""
+    from btcstream.storage.filesystem import storage_filesystem
+
+    try:
+        hdfs = storage_filesystem(settings)
+        if hdfs.exists(settings.storage_path):
+            hdfs.rm(settings.storage_path, recursive=True)
+    except Exception:  # noqa: BLE001 - cleanup only
+        pass
 
 
 @pytest.fixture
@@ -58,10 +72,38 @@ def fresh_topic(local_stack: Settings) -> str:
 
 
 @pytest.fixture
-def test_settings(local_stack: Settings, fresh_topic: str) -> Settings:
-    """Settings with a fresh topic and a fresh storage root under the session's HDFS test area."""
-    return local_stack.replace(topic=fresh_topic, trades_topic=f"{fresh_topic}-trades", alerts_topic=f"{fresh_topic}-alerts",
-                               storage_root=local_stack.storage_url(uuid.uuid4().hex[:8]))
+def test_settings(local_stack: Settings, fresh_topic: str) -> Iterator[Settings]:
+    """Settings with a fresh topic and a fresh storage root under the session's HDFS test area.
+
+    Its topics are deleted afterwards: a broker whose state dir outlives many runs would otherwise
+    carry hundreds of test topics, and every restart of it (the broker-restart tests) gets slower.
+    """
+    settings = local_stack.replace(topic=fresh_topic, trades_topic=f"{fresh_topic}-trades",
+                                   alerts_topic=f"{fresh_topic}-alerts",
+                                   storage_root=local_stack.storage_url(uuid.uuid4().hex[:8]))
+    yield settings
+    _delete_topics(settings, [settings.topic, settings.trades_topic, settings.alerts_topic])
+
+
+def _delete_topics(settings: Settings, topics: list[str]) -> None:
+    """Delete those of `topics` that exist; a broker that is down or slow only leaves them behind."""
+    from kafka import KafkaAdminClient
+
+    from btcstream.clients.kafka import kafka_python_options
+
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10_000,
+                                 **kafka_python_options(settings))
+    except Exception:  # noqa: BLE001 - cleanup only
+        return
+    try:
+        existing = [topic for topic in topics if topic in admin.list_topics()]
+        if existing:
+            admin.delete_topics(existing, timeout_ms=10_000, raise_errors=False)
+    except Exception:  # noqa: BLE001 - cleanup only
+        pass
+    finally:
+        admin.close()
 
 
 @pytest.fixture

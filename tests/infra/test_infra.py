@@ -6,6 +6,7 @@ so they never disturb the session's `local_stack`.
 
 from __future__ import annotations
 
+import random
 import socket
 import subprocess
 import sys
@@ -25,9 +26,21 @@ from btcstream.settings import Settings, load_settings
 
 pytestmark = pytest.mark.integration
 
-PRIVATE_KAFKA_PORT = 19092
-PRIVATE_HDFS_PORT = 19000
-PRIVATE_WEBHDFS_PORT = 19870
+
+
+def _free_port_block() -> int:
+    """A base B whose ports B+0 (NameNode RPC), B+64 (DataNode HTTP), B+70 (WebHDFS), B+92 and B+93 (broker,
+    controller) are all free: a fixed block (the chaos stack's 19xxx) collides with a chaos run beside the suite."""
+    for base in random.sample(range(21000, 30000, 100), 90):
+        if all(processes.port_is_free(base + offset) for offset in (0, 64, 70, 92, 93)):
+            return base
+    raise RuntimeError("no free block of ports between 21000 and 30000 for the private stack")
+
+
+_BASE = _free_port_block()
+PRIVATE_KAFKA_PORT = _BASE + 92
+PRIVATE_HDFS_PORT = _BASE
+PRIVATE_WEBHDFS_PORT = _BASE + 70
 
 
 def _private_settings(state_dir: Path) -> Settings:
@@ -118,6 +131,8 @@ def test_a_state_dir_of_the_one_jvm_hdfs_is_taken_over_with_its_files(tmp_path: 
             except Exception:  # noqa: BLE001 - not up yet
                 assert time.monotonic() < deadline, (home / "hdfs.log").read_text()[-2000:]
                 time.sleep(1)
+        # The file went to the one-JVM HDFS, not to something else on these ports.
+        assert processes.running_pid(home / "hdfs.pid", str(home)) is not None, (home / "hdfs.log").read_text()[-2000:]
 
         lines = stack.up(settings)
 

@@ -98,6 +98,16 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
+def wait_until_free(ports: list[int], host: str = "127.0.0.1", timeout_s: float = 10.0) -> bool:
+    """Wait until nothing listens on any of `ports` (a process just stopped may still be closing them)."""
+    deadline = time.monotonic() + timeout_s
+    while not all(port_is_free(port, host) for port in ports):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
 def port_answers(port: int, host: str = "127.0.0.1", timeout_s: float = 1.0) -> bool:
     """True when something accepts TCP connections on host:port."""
     try:

@@ -69,6 +69,9 @@ def _stop_legacy_hdfs(settings: Settings) -> list[str]:
     if not settings.hdfs_is_local or processes.running_pid(home / "hdfs.pid", str(home)) is None:
         return []
     processes.stop(home / "hdfs.pid", str(home))
+    # The NameNode and DataNode take over its ports next: give the kernel a moment to release them.
+    processes.wait_until_free([port for service in hdfs_services(settings) for port in service.ports.values()],
+                              settings.bind_host)
     return ["hdfs: stopped the one-JVM MiniDFSCluster of an earlier btcstream (now a NameNode and a DataNode)"]
 
 
