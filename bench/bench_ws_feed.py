@@ -26,7 +26,6 @@ Writes bench/results/ws_feed.md.
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass
 import logging
 import os

@@ -44,7 +44,7 @@ from btcstream.errors import BtcstreamError  # noqa: E402
 
 import chaos_check as check  # noqa: E402
 from chaos_pipeline import ChaosConfig, ChaosPipeline, InjectedFault  # noqa: E402
-from chaos_schedule import FAULT_KINDS, HEAVY_KINDS, PlannedFault, schedule  # noqa: E402
+from chaos_schedule import FAULT_KINDS, PlannedFault, schedule  # noqa: E402
 
 log = logging.getLogger("chaos")
 

@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pyspark
 import pytest

@@ -278,8 +278,8 @@ def test_the_watchdog_replaces_a_silent_connection():
                                                  ("close_1001", "closed"), ("close_1011", "error")])
 def test_after_a_lost_connection_the_same_streams_are_requested_again(ending, reason):
     streams = stream_names([SYMBOL])
-    payloads = {f"btcusdt@bookTicker": lambda i: book_ticker(SYMBOL, i), f"btcusdt@aggTrade": lambda i: agg_trade(SYMBOL, i),
-                f"btcusdt@ticker": lambda i: ticker_24h(SYMBOL, event_ms=1_700_000_000_000 + i)}
+    payloads = {"btcusdt@bookTicker": lambda i: book_ticker(SYMBOL, i), "btcusdt@aggTrade": lambda i: agg_trade(SYMBOL, i),
+                "btcusdt@ticker": lambda i: ticker_24h(SYMBOL, event_ms=1_700_000_000_000 + i)}
 
     async def script(conn: ScriptedConnection) -> None:
         for stream in conn.streams:

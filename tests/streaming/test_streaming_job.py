@@ -20,7 +20,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from deltalake import DeltaTable
-from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from btcstream.ingest import tick

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from btcstream.settings import Settings
 
 if TYPE_CHECKING:
-    from btcstream.streaming.status import QueryStatus, StatusReport
+    from btcstream.streaming.status import QueryStatus
 
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
 DEFAULT_WATCH_EVERY_S = 2.0

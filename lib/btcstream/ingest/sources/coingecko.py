@@ -17,7 +17,6 @@ from typing import Any, Iterable
 from btcstream.errors import BadResponse, SettingsError
 from btcstream.ingest.sources.fields import as_float, as_utc_from_iso
 from btcstream.ingest.sources.http import JsonHttpClient
-from btcstream.symbols import coin_id_for_symbol
 
 log = logging.getLogger(__name__)
 
