@@ -57,6 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the derived-symbol histories the WebSocket benchmarks use
 from helpers.replay_exchange import symbol_histories  # noqa: E402
 
+from btcstream.errors import StorageReadError  # noqa: E402
 from btcstream.infra.gc_log import heap_after_gc, live_after_marking, liveness_log  # noqa: E402
 from btcstream.infra.hdfs import DATANODE_HEAP, NAMENODE_HEAP, DataNode, NameNode  # noqa: E402
 from btcstream.infra.kafka import HEAP as KAFKA_HEAP  # noqa: E402
@@ -132,7 +133,12 @@ def hdfs_files(settings: Settings) -> int | None:
 
 
 def last_batch_ms(settings: Settings) -> float | None:
-    document = read_progress(settings, "btcstream_ingest") or {}
+    """The job's last batch duration from its progress document; None (logged) when it cannot be read."""
+    try:
+        document = read_progress(settings, "btcstream_ingest") or {}
+    except (StorageReadError, OSError) as error:  # one sample without it, not the end of the run
+        log.warning("batch duration unknown: %s", error)
+        return None
     history = document.get("history") or []
     duration = history[-1].get("duration_ms") if history else None
     return float(duration) if duration is not None else None

@@ -104,3 +104,45 @@ def test_a_document_that_cannot_be_read_is_neither_replaced_nor_raised_and_nothi
             stored["totals"]["duplicate_rows"]) == (3, 14, 13, 1)
     assert stored["restarts"] == 1 and stored["last_restart"]["reason"].startswith("java.net.ConnectException")
     assert [h["batch_id"] for h in stored["history"]] == [0, 1, 2]
+
+
+class _TornReads:
+    """A filesystem whose first `torn` opens of the document give the head of the next version (as a
+    WebHDFS read that began before a replacement and fetched the new file's bytes)."""
+
+    def __init__(self, real, torn: int) -> None:
+        self.real, self.torn, self.opens = real, torn, 0
+
+    def exists(self, path: str) -> bool:
+        return self.real.exists(path)
+
+    def open(self, path: str, mode: str = "rb"):
+        import io
+
+        self.opens += 1
+        whole = self.real.cat_file(path)
+        return io.BytesIO(whole[: len(whole) // 2] if self.opens <= self.torn else whole)
+
+
+def test_a_read_torn_by_a_replacement_is_read_again_and_one_that_stays_torn_names_the_file(
+        tmp_path: Path, monkeypatch) -> None:
+    import fsspec
+    import pytest
+
+    from btcstream.errors import StorageReadError
+
+    settings = Settings(storage_root=f"file://{tmp_path}")
+    writer = progress.ProgressWriter(settings)
+    writer.note_batch(INGEST_QUERY, 0, {"input_rows": 3, "inserted_rows": 3})
+    writer.record(spark_progress(0, 3))
+
+    twice_torn = _TornReads(fsspec.filesystem("file"), torn=2)
+    monkeypatch.setattr(progress, "storage_filesystem", lambda _: twice_torn)
+    assert progress.read_progress(settings, INGEST_QUERY)["totals"]["inserted_rows"] == 3
+    assert twice_torn.opens == 3
+
+    always_torn = _TornReads(fsspec.filesystem("file"), torn=10**6)
+    monkeypatch.setattr(progress, "storage_filesystem", lambda _: always_torn)
+    with pytest.raises(StorageReadError, match=f"progress document .*{INGEST_QUERY}.json could not be read") as raised:
+        progress.read_progress(settings, INGEST_QUERY)
+    assert "\n" not in str(raised.value) and always_torn.opens == progress.READ_ATTEMPTS

@@ -399,3 +399,19 @@ def test_forecasts_per_model_and_the_latest_alerts_with_the_jobs_totals(settings
     assert all(len(line) <= status.WIDTH for line in text.splitlines())
     document = json.loads(report.to_json())
     assert document["signals"]["recent_alerts"][0]["time"] == "2025-02-14T10:06:00+00:00"
+
+
+def test_a_progress_document_that_stays_torn_is_a_warning_and_the_other_queries_still_show(monkeypatch) -> None:
+    settings = Settings(storage_root="file:///nowhere")
+    documents = {name: {"totals": {"batches": 1}} for name in status.QUERY_NAMES}
+    torn = status.QUERY_NAMES[0]
+
+    def read(settings_: Settings, name: str):
+        if name == torn:
+            raise StorageReadError(f"the progress document /x/{name}.json could not be read after 6 attempts: torn")
+        return documents[name]
+
+    monkeypatch.setattr(status, "read_progress", read)
+    found, warnings = status._progress_documents(settings)
+    assert found[torn] is None and all(found[name] == documents[name] for name in status.QUERY_NAMES if name != torn)
+    assert warnings == [f"the progress document /x/{torn}.json could not be read after 6 attempts: torn"]

@@ -21,6 +21,7 @@ from typing import Any
 
 import fsspec
 
+from btcstream.errors import StorageReadError
 from btcstream.names import CHECKPOINTS_DIR, PROGRESS_DIR
 from btcstream.settings import Settings
 from btcstream.storage.filesystem import storage_filesystem, storage_path
@@ -28,7 +29,7 @@ from btcstream.storage.filesystem import storage_filesystem, storage_path
 log = logging.getLogger(__name__)
 
 HISTORY_BATCHES = 100
-READ_ATTEMPTS = 3  # reads of a progress document caught mid-replacement
+READ_ATTEMPTS = 6  # reads of a progress document caught mid-replacement (0.05, 0.1, 0.2 ... s apart)
 
 # The per-batch counts the job notes (`ProgressWriter.note_batch`) and the totals sum.
 BATCH_COUNTS: tuple[str, ...] = (
@@ -50,22 +51,29 @@ def progress_path(settings: Settings, query_name: str) -> str:
 def read_progress(settings: Settings, query_name: str) -> dict[str, Any] | None:
     """The persisted progress document of a query, or None if it never ran.
 
-    The writer replaces the document after every batch; on WebHDFS it is briefly absent meanwhile,
-    so a read that finds it gone between the existence check and the open is tried again.
+    The writer replaces the document after every batch (write, then rename). A reader can catch
+    that: on WebHDFS the file is briefly absent, and a read that began on the old file may fetch
+    bytes of the new one (fsspec reads ranges of the size it found at open), which gives torn JSON.
+    Both are read again, a little later each time; a document still torn after `READ_ATTEMPTS`
+    reads raises StorageReadError naming the file.
     """
     fs = storage_filesystem(settings)
     path = progress_path(settings, query_name)
+    problem = ""
     for attempt in range(READ_ATTEMPTS):
+        if attempt:
+            time.sleep(0.05 * 2 ** (attempt - 1))
         if not fs.exists(path):
             return None
         try:
             with fs.open(path, "rb") as handle:
                 return json.loads(handle.read().decode())
         except FileNotFoundError:
-            if attempt == READ_ATTEMPTS - 1:
-                return None
-            time.sleep(0.05)
-    return None
+            problem = "it disappeared while being read"
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:  # caught mid-replacement
+            problem = f"it is not a whole JSON document ({error})"
+    raise StorageReadError(f"the progress document {path} could not be read after {READ_ATTEMPTS} attempts: "
+                           f"{problem}; if the job is not running, delete it (the totals start again)")
 
 
 def batch_summary(progress: dict[str, Any], counts: dict[str, int] | None = None,
@@ -214,9 +222,14 @@ class ProgressWriter:
             self._fs.makedirs(directory, exist_ok=True)
             with self._fs.open(temporary, "wb") as handle:
                 handle.write(json.dumps(document, default=str).encode())
-            if self.settings.storage_scheme == "hdfs" and self._fs.exists(path):
-                self._fs.rm(path)  # WebHDFS rename does not overwrite (readers retry once)
-            self._fs.mv(temporary, path)
+            if self.settings.storage_scheme == "hdfs":
+                # WebHDFS's plain RENAME refuses an existing target, and rm + rename leaves a moment
+                # without a document (a reader would take the query for one that never ran).
+                # `renameoptions=OVERWRITE` (Hadoop's rename2) replaces it atomically; fsspec's mv
+                # has no such option, hence its request helper.
+                self._fs._call("RENAME", method="put", path=temporary, destination=path, renameoptions="OVERWRITE")
+            else:
+                self._fs.mv(temporary, path)
         except Exception as error:  # progress is diagnostics: never let it stop a query
             # One line (a full disk would repeat a traceback per batch); the traceback at debug level.
             log.warning("could not write streaming progress to %s: %s", path,

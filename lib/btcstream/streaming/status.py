@@ -168,12 +168,12 @@ def status_report(settings: Settings, now: datetime | None = None, topic: TopicE
     try:
         require_delta_layout(settings)
         topic = topic or topic_ends(settings)
-        documents = {name: _read_progress_retrying(settings, name) for name in QUERY_NAMES}
+        documents, unreadable = _progress_documents(settings)
         return StatusReport(
             tables=[table_status(settings, dataset) for dataset in DATASETS],
             queries=[query_status(settings, name, documents[name], topic, now) for name in QUERY_NAMES],
             hourly=hourly_status(settings, _totals(documents[INGEST_QUERY])),
-            warnings=[topic.problem] if topic.problem else [],
+            warnings=unreadable + ([topic.problem] if topic.problem else []),
             feed=feed_status(settings, now),
             signals=signals_status(settings, _totals(documents[INGEST_QUERY])),
         )
@@ -474,16 +474,17 @@ def _totals(document: dict[str, Any] | None) -> dict[str, Any]:
     return (document or {}).get("totals") or {}
 
 
-def _read_progress_retrying(settings: Settings, name: str) -> dict[str, Any] | None:
-    """The progress document; read twice because on WebHDFS it is briefly absent while replaced."""
-    for _ in range(2):
+def _progress_documents(settings: Settings) -> tuple[dict[str, dict[str, Any] | None], list[str]]:
+    """Each query's progress document (None: never ran), and a warning per document that stayed
+    unreadable (`read_progress` reads again one caught mid-replacement): the rest is still shown."""
+    documents: dict[str, dict[str, Any] | None] = {}
+    unreadable: list[str] = []
+    for name in QUERY_NAMES:
         try:
-            document = read_progress(settings, name)
-        except (FileNotFoundError, json.JSONDecodeError):
-            continue
-        if document is not None:
-            return document
-    return None
+            documents[name] = read_progress(settings, name)
+        except StorageReadError as error:
+            documents[name], unreadable = None, [*unreadable, str(error)]
+    return documents, unreadable
 
 
 @contextmanager

@@ -55,17 +55,23 @@ class Pipeline:
     _producer: threading.Thread | None = None
     _producer_result: dict[str, Any] = field(default_factory=dict)
     stopped: bool = False
+    _totals: dict[str, dict[str, Any]] = field(default_factory=dict)  # each query's last totals read
 
     def progress(self) -> pd.DataFrame:
         """One row per query: seconds since the start, its latest batch, rates, batch time, and the
         totals of ticks stored, late ticks (stored too) and quarantined records."""
+        from btcstream.errors import StorageReadError
         from btcstream.streaming.progress import read_progress
 
         rows = []
         running_s = round(time.monotonic() - self.started_at)
         for query in self.queries:
             last = query.lastProgress or {}
-            totals = (read_progress(self.settings, query.name) or {}).get("totals", {})
+            try:
+                self._totals[query.name] = (read_progress(self.settings, query.name) or {}).get("totals", {})
+            except StorageReadError as error:  # torn by the job's replacement every time: the last totals read
+                log.warning("%s; showing the totals read before", error)
+            totals = self._totals.get(query.name, {})
             rows.append({
                 "query": query.name, "running_s": running_s, "batch": last.get("batchId"),
                 "input_rows": last.get("numInputRows"),
