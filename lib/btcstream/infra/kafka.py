@@ -13,6 +13,12 @@ from btcstream.infra.java import java_executable
 from btcstream.infra.service import LocalService, log4j2_config
 
 HEAP = "-Xmx512m"
+# The log cleaner's dedupe buffer (keys of compacted topics: only __consumer_offsets here) is one heap
+# array allocated at start, 128 MiB by Kafka's default: 80% of an idle broker's live heap (156 MiB,
+# 44 with 16 MiB), which a soak once took for a leak. 32 MiB holds ~1.4 M keys per cleaning pass,
+# far more than a local stack commits (Spark keeps its offsets in checkpoints); a larger segment is
+# cleaned in several passes.
+DEDUPE_BUFFER_BYTES = 32 * 2**20
 
 
 class KafkaBroker(LocalService):
@@ -53,6 +59,7 @@ class KafkaBroker(LocalService):
             "share.coordinator.state.topic.min.isr=1",
             "group.initial.rebalance.delay.ms=0",
             "auto.create.topics.enable=true",
+            f"log.cleaner.dedupe.buffer.size={DEDUPE_BUFFER_BYTES}",
             "",
         ])
 
