@@ -41,8 +41,10 @@ def _stack_settings() -> Settings:
 def local_stack() -> Iterator[Settings]:
     """A running local Kafka broker and HDFS; yields Settings pointing at them (fresh HDFS sub-root)."""
     settings = _stack_settings()
-    was_running = stack.all_healthy(settings)
-    if not was_running:
+    # A stack someone else runs (the user's, another test run's) is used and left running, even when
+    # one of its services is briefly unhealthy (restarting): only a stack this session started is stopped.
+    was_running = any(service.running for service in stack.status(settings)[0])
+    if not stack.all_healthy(settings):
         stack.up(settings)
     try:
         yield settings
