@@ -129,6 +129,7 @@ class DeltaBatchWriter:
         try:
             groups = self._summary(rows, late_before)
             bars = tuple(_minute_bar(group) for group in groups if group["valid"])
+            trade_span = _span_of(group for group in groups if group["valid"] and group["kind"] == TRADE)
             groups = _by_hour(groups)
             records = sum(group["records"] for group in groups)
             valid = sum(group["valid"] for group in groups if group["kind"] == QUOTE)
@@ -156,7 +157,8 @@ class DeltaBatchWriter:
                     raise ValueError("trades arrived but the writer has no trades_url")
                 trade_hours = {(g["symbol"], utc(g["window_start"])) for g in groups if g["valid"] and g["kind"] == TRADE}
                 trades = rows.where(F.col("kind") == TRADE).where(F.col("trade").isNotNull()).select("trade.*")
-                trades_inserted, trade_totals = self._append_new_trades(trades, batch_id, _partitions_of(trade_hours))
+                trades_inserted, trade_totals = self._append_new_trades(trades, batch_id, _partitions_of(trade_hours),
+                                                                        trade_span)
             partials = None
             if self.partials:
                 from btcstream.streaming.hour_partials import BatchPartials
@@ -245,9 +247,17 @@ class DeltaBatchWriter:
             new.unpersist()
         return _rows_added_since(self.raw_url, before), steps
 
-    def _append_new_trades(self, trades: DataFrame, batch_id: int, touched: set[tuple[str, int]]) -> tuple[int, tuple]:
-        """Trades inserted: the batch's trades minus the (symbol, trade_id) keys already stored in the
-        batch's (date, hour) partitions of trade_time, as one idempotent append (as `_append_new_raw`)."""
+    def _append_new_trades(self, trades: DataFrame, batch_id: int, touched: set[tuple[str, int]],
+                           span: tuple[datetime, datetime] | None = None) -> tuple[int, tuple]:
+        """Trades inserted: the batch's trades minus the (symbol, trade_id) keys already stored, as one
+        idempotent append (as `_append_new_raw`).
+
+        The stored keys are read from the batch's (date, hour) partitions of trade_time, and within
+        them only from files whose trade_time range meets `span` (the batch's first minute to its
+        newest trade_time; Delta skips the others by their statistics). Exact: a trade's time is the
+        exchange's, the same each time the trade is received, so a stored copy lies within the span.
+        A live batch then reads the last file or two of its hour, not every file the hour holds.
+        """
         from pyspark.sql import functions as F
 
         assert self.trades_url is not None
@@ -258,8 +268,10 @@ class DeltaBatchWriter:
                 .withColumn("date", F.to_date("trade_time")).withColumn("hour", F.hour("trade_time")))
         stored = touched & _stored_partitions(self.trades_url)
         if stored:
-            existing = (spark.read.format("delta").load(self.trades_url)
-                        .where(_within(sorted(stored), alias="")).select(*TRADE_KEY))
+            existing = spark.read.format("delta").load(self.trades_url).where(_within(sorted(stored), alias=""))
+            if span is not None:
+                existing = existing.where(F.col("trade_time").between(F.lit(span[0]), F.lit(span[1])))
+            existing = existing.select(*TRADE_KEY)
             rows = rows.join(existing, list(TRADE_KEY), "left_anti")
         before = table_version(self.trades_url)
         totals: tuple = ()
@@ -307,6 +319,14 @@ def _minute_bar(group) -> MinuteBar:
                      low_mid=float(group["low_mid"]) if group["low_mid"] is not None else math.inf,
                      trades=group["valid"] if group["kind"] == TRADE else 0,
                      buy_qty=float(group["buy_qty"] or 0.0), sell_qty=float(group["sell_qty"] or 0.0))
+
+
+def _span_of(groups) -> tuple[datetime, datetime] | None:
+    """(first minute, newest time) of `_summary` groups: every record time of theirs lies within."""
+    groups = list(groups)
+    if not groups:
+        return None
+    return min(utc(g["minute"]) for g in groups), max(utc(g["newest"]) for g in groups)
 
 
 def _by_hour(groups: list) -> list[dict]:
