@@ -12,7 +12,8 @@ Every `--sample-seconds` (60) it records, per process (broker, HDFS NameNode and
 stream` Python process plus its JVM, producer): resident memory (RSS) and open file descriptors; for the three
 service JVMs also the heap in use after garbage collection (the smallest after any collection of the minute)
 and the live data G1's newest concurrent marking of the minute found (from their GC logs:
-`btcstream.infra.gc_log`); and
+`btcstream.infra.gc_log`), and every `--live-every-minutes` (15) their live heap after a full collection
+(`jcmd <pid> GC.class_histogram`: `btcstream.infra.heap_histogram`; exact, a pause of tens of ms); and
 the job's Kafka lag (topic end offsets - the checkpoint's committed offsets, both topics), its last
 batch duration (the progress document) and the number of files under the storage root (WebHDFS).
 
@@ -20,9 +21,10 @@ Verdict (exit 1 when any fails), over the samples after `--warm-up-minutes`:
 - memory and descriptors do not keep growing: least-squares slope x post-warm-up duration stays
   under max(GROWTH_FRACTION x median, GROWTH_FLOOR) for each process, or the last third's median is
   not above the first third's by that much (a one-off step is not a leak; a trend is). A service JVM's
-  memory is judged by the slope of its live data after marking (a heap leak grows it; with fewer than
-  3 markings after warm-up, by its heap after GC instead, which also holds the garbage of old regions
-  G1 has not collected yet and so errs towards "grows") and by
+  memory is judged by the slope of its live heap after the forced full collections (a heap leak grows
+  it; with fewer than 3 of them after warm-up, by its live data after G1's markings; with fewer than 3
+  markings, by its heap after GC, which also holds the garbage of old regions G1 has not collected
+  yet: G1 may not mark for hours in a heap with room, so that figure creeps up without a leak) and by
   its RSS staying under -Xmx + what lay outside its live heap after warm-up + a margin (`rss_bound`: a
   native leak crosses it), not by the slope of its RSS: the RSS of a JVM started with -Xms below
   -Xmx grows while the heap it commits and touches fills up to -Xmx, which is bounded and no leak;
@@ -59,6 +61,7 @@ from helpers.replay_exchange import symbol_histories  # noqa: E402
 
 from btcstream.errors import StorageReadError  # noqa: E402
 from btcstream.infra.gc_log import heap_after_gc, live_after_marking, liveness_log  # noqa: E402
+from btcstream.infra.heap_histogram import heap_histogram  # noqa: E402
 from btcstream.infra.hdfs import DATANODE_HEAP, NAMENODE_HEAP, DataNode, NameNode  # noqa: E402
 from btcstream.infra.kafka import HEAP as KAFKA_HEAP  # noqa: E402
 from btcstream.infra.kafka import KafkaBroker  # noqa: E402
@@ -68,9 +71,12 @@ from btcstream.streaming.progress import read_progress  # noqa: E402
 from chaos_pipeline import ChaosConfig, ChaosPipeline  # noqa: E402 - the same isolated pipeline, without faults
 
 RESULTS = ROOT / "bench" / "results"
-GROWTH_FRACTION = {"rss_mib": 0.10, "heap_mib": 0.10, "live_mib": 0.10, "fds": 0.20}
-GROWTH_FLOOR = {"rss_mib": 64.0, "heap_mib": 32.0, "live_mib": 32.0, "fds": 20.0}
-MIN_MARKINGS = 3  # live readings after warm-up needed to judge a service JVM by them (else by heap after GC)
+GROWTH_FRACTION = {"rss_mib": 0.10, "heap_mib": 0.10, "live_mib": 0.10, "full_gc_live_mib": 0.10, "fds": 0.20}
+GROWTH_FLOOR = {"rss_mib": 64.0, "heap_mib": 32.0, "live_mib": 32.0, "full_gc_live_mib": 32.0, "fds": 20.0}
+MIN_MARKINGS = 3  # live readings after warm-up needed to judge a service JVM by them (else by the next figure)
+# What judges a service JVM's heap, the first with MIN_MARKINGS readings after warm-up.
+HEAP_FIGURES = {"full_gc_live_mib": "live heap after a full collection", "live_mib": "live data after marking",
+                "heap_mib": "heap after GC"}
 LAG_NEAR_ZERO = 1_000  # records
 PROCESSES = ("broker", "namenode", "datanode", "job_driver", "producer")
 SERVICE_JVMS = ("broker", "namenode", "datanode")  # judged by heap after GC and an RSS bound (`rss_bound`)
@@ -94,6 +100,7 @@ class Sample:
     rss_mib: dict[str, float] = field(default_factory=dict)
     heap_mib: dict[str, float] = field(default_factory=dict)  # service JVMs: smallest heap after a GC of the interval
     live_mib: dict[str, float] = field(default_factory=dict)  # service JVMs: live data of the interval's newest marking
+    full_gc_live_mib: dict[str, float] = field(default_factory=dict)  # service JVMs: after a forced full collection
     fds: dict[str, int] = field(default_factory=dict)
     lag: int | None = None
     batch_ms: float | None = None
@@ -163,6 +170,19 @@ def take_sample(pipeline: ChaosPipeline, started: float, pids: dict[str, int | N
     return sample
 
 
+def measure_live_heaps(sample: Sample, pids: dict[str, int | None]) -> None:
+    """Each service JVM's live heap after a full collection (`jcmd GC.class_histogram`) into `sample`,
+    with its largest classes in the log (what grew, if anything does)."""
+    for name in SERVICE_JVMS:
+        histogram = heap_histogram(pids[name]) if pids.get(name) else None
+        if histogram is None:
+            log.warning("%s: live heap not measured (process gone, or no jcmd beside java)", name)
+            continue
+        sample.full_gc_live_mib[name] = histogram.live_mib
+        log.info("%s: %.1f MiB live after a full collection; largest: %s", name, histogram.live_mib,
+                 ", ".join(f"{kind} {mib:.1f} MiB" for kind, mib in histogram.top[:3]))
+
+
 def growth(times_h: np.ndarray, values: np.ndarray) -> tuple[float, float]:
     """(least-squares growth over the span, last third's median - first third's median)."""
     slope = float(np.polyfit(times_h, values, 1)[0]) if len(values) >= 3 else 0.0
@@ -191,15 +211,21 @@ def rss_bound(name: str, after: list[Sample]) -> tuple[str, str | None]:
                   if over else None)
 
 
-def _judged(metric: str, name: str, by_live: set[str]) -> tuple[bool, str]:
+def heap_figure(name: str, after: list[Sample]) -> str:
+    """The figure that judges service JVM `name`'s heap: the first of HEAP_FIGURES with enough readings."""
+    for metric in HEAP_FIGURES:
+        if sum(name in getattr(s, metric) for s in after) >= MIN_MARKINGS:
+            return metric
+    return "heap_mib"
+
+
+def _judged(metric: str, name: str, by: dict[str, str]) -> tuple[bool, str]:
     """Whether `metric` of process `name` decides the verdict; if not, what does instead."""
     if name not in SERVICE_JVMS or metric == "fds":
         return True, ""
-    if metric == "rss_mib":
-        return False, ("live data after marking" if name in by_live else "heap after GC") + " and the RSS bound"
-    if metric == "heap_mib" and name in by_live:
-        return False, "live data after marking and the RSS bound"
-    return True, ""
+    if metric == by[name]:
+        return True, ""
+    return False, f"{HEAP_FIGURES[by[name]]} and the RSS bound"
 
 
 def verdict(samples: list[Sample], warm_up_s: float, messages_per_minute: float,
@@ -207,21 +233,22 @@ def verdict(samples: list[Sample], warm_up_s: float, messages_per_minute: float,
     """(lines of the growth table, failures)."""
     after = [s for s in samples if s.at >= warm_up_s]
     lines, failures = [], []
-    by_live = {name for name in SERVICE_JVMS if sum(name in s.live_mib for s in after) >= MIN_MARKINGS}
-    for metric in ("rss_mib", "heap_mib", "live_mib", "fds"):
+    by = {name: heap_figure(name, after) for name in SERVICE_JVMS}
+    for metric in ("rss_mib", *HEAP_FIGURES, "fds"):
         for name in PROCESSES:
-            if metric in ("heap_mib", "live_mib") and name not in SERVICE_JVMS:
+            if metric in HEAP_FIGURES and name not in SERVICE_JVMS:
                 continue
             points = [(s.at / 3600, getattr(s, metric)[name]) for s in after if name in getattr(s, metric)]
             if len(points) < 3:
-                lines.append(f"| {name} | {metric} | - | - | - | too few "
-                             f"{'markings (G1 marks once the heap fills past its threshold)' if metric == 'live_mib' else 'samples'} |")
+                few = {"live_mib": "markings (G1 marks once the heap fills past its threshold)",
+                       "full_gc_live_mib": "full collections (--live-every-minutes)"}.get(metric, "samples")
+                lines.append(f"| {name} | {metric} | - | - | - | too few {few} |")
                 continue
             times, values = np.array([p[0] for p in points]), np.array([p[1] for p in points], dtype=float)
             trend, step = growth(times, values)
             limit = max(GROWTH_FRACTION[metric] * float(np.median(values)), GROWTH_FLOOR[metric])
             grows = trend > limit and step > limit
-            judged, instead = _judged(metric, name, by_live)
+            judged, instead = _judged(metric, name, by)
             label = ("KEEPS GROWING" if grows else "flat") if judged else (
                 f"{'grows' if grows else 'flat'} (not judged: {instead} are)")
             lines.append(f"| {name} | {metric} | {values[0]:,.0f} | {values[-1]:,.0f} | {trend:+,.1f} "
@@ -250,13 +277,14 @@ def write_results(args: argparse.Namespace, samples: list[Sample], lines: list[s
     with open(RESULTS / "soak_samples.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["minute", *(f"{n}_rss_mib" for n in PROCESSES), *(f"{n}_heap_mib" for n in SERVICE_JVMS),
-                         *(f"{n}_live_mib" for n in SERVICE_JVMS),
+                         *(f"{n}_live_mib" for n in SERVICE_JVMS), *(f"{n}_full_gc_live_mib" for n in SERVICE_JVMS),
                          *(f"{n}_fds" for n in PROCESSES),
                          "lag", "batch_ms", "hdfs_files"])
         for s in samples:
             writer.writerow([f"{s.at / 60:.1f}", *(f"{s.rss_mib.get(n, float('nan')):.1f}" for n in PROCESSES),
                              *(f"{s.heap_mib.get(n, float('nan')):.0f}" for n in SERVICE_JVMS),
                              *(f"{s.live_mib.get(n, float('nan')):.1f}" for n in SERVICE_JVMS),
+                             *(f"{s.full_gc_live_mib.get(n, float('nan')):.1f}" for n in SERVICE_JVMS),
                              *(s.fds.get(n, "") for n in PROCESSES), s.lag, s.batch_ms, s.hdfs_files])
     at_ten = min(samples, key=lambda s: abs(s.at - 600)) if samples else None
     last = samples[-1] if samples else None
@@ -265,6 +293,10 @@ def write_results(args: argparse.Namespace, samples: list[Sample], lines: list[s
         marked = [s for s in samples if name in s.live_mib and abs(s.at - sample.at) <= 300]  # markings are minutes apart
         if marked:
             figures.append(f"live after marking {min(marked, key=lambda s: abs(s.at - sample.at)).live_mib[name]:,.0f}")
+        measured = [s for s in samples if name in s.full_gc_live_mib and abs(s.at - sample.at) <= args.live_every_minutes * 60]
+        if measured:
+            figures.append("live after a full GC "
+                           f"{min(measured, key=lambda s: abs(s.at - sample.at)).full_gc_live_mib[name]:,.0f}")
         heap = f" ({', '.join(figures)})" if figures else ""
         return f"{sample.rss_mib.get(name, float('nan')):,.0f} MiB{heap}, {sample.fds.get(name, '-')} fds"
 
@@ -310,6 +342,8 @@ def chart(samples: list[Sample]) -> None:
                                         name=f"{name} heap after GC", line={"dash": "dot"}), 1, 1)
             figure.add_trace(go.Scatter(x=minutes, y=[s.live_mib.get(name) for s in samples], mode="markers",
                                         name=f"{name} live after marking"), 1, 1)
+            figure.add_trace(go.Scatter(x=minutes, y=[s.full_gc_live_mib.get(name) for s in samples], mode="markers",
+                                        marker={"symbol": "diamond"}, name=f"{name} live after a full GC"), 1, 1)
         figure.add_trace(go.Scatter(x=minutes, y=[s.fds.get(name) for s in samples], name=f"{name} fds"), 2, 1)
     figure.add_trace(go.Scatter(x=minutes, y=[s.lag for s in samples], name="lag"), 3, 1)
     figure.add_trace(go.Scatter(x=minutes, y=[s.batch_ms for s in samples], name="batch ms"), 4, 1)
@@ -332,6 +366,8 @@ def main() -> int:
     parser.add_argument("--kafka-port", type=int, default=20092)
     parser.add_argument("--hdfs-port", type=int, default=20000)
     parser.add_argument("--webhdfs-port", type=int, default=20870)
+    parser.add_argument("--live-every-minutes", type=float, default=15.0,
+                        help="measure the service JVMs' live heap after a full collection this often (0: never)")
     parser.add_argument("--keep-state", action="store_true", help="leave the soak's state dir (logs, HDFS data) behind")
     args = parser.parse_args()
     state = Path(tempfile.mkdtemp(prefix="btcstream-soak-"))
@@ -353,6 +389,7 @@ def main() -> int:
         pids = {**{name: service.pid() for name, service in services.items()},
                 "job_driver": pipeline.job.process.pid, "producer": pipeline.producer.process.pid}
         gc_logs = {name: service.gc_log_file for name, service in services.items()}
+        next_full_gc = started + args.warm_up_minutes * 60  # the first at the end of the warm-up
         while time.monotonic() - started < args.minutes * 60:
             time.sleep(args.sample_seconds)
             for process in (pipeline.job, pipeline.producer):
@@ -361,6 +398,9 @@ def main() -> int:
                                        f"see {process.log_file}")
             samples.append(take_sample(pipeline, started, pids, gc_logs, args.sample_seconds))
             last = samples[-1]
+            if args.live_every_minutes > 0 and time.monotonic() >= next_full_gc:
+                measure_live_heaps(last, pids)
+                next_full_gc += args.live_every_minutes * 60
             log.info("minute %.0f: rss %s, heap after GC %s, live after marking %s, lag %s, batch %s ms, files %s",
                      last.at / 60, {k: round(v) for k, v in last.rss_mib.items()}, last.heap_mib, last.live_mib,
                      last.lag, last.batch_ms, last.hdfs_files)
