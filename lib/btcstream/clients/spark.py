@@ -34,6 +34,14 @@ log = logging.getLogger(__name__)
 SPARK_LOG_LEVEL = "WARN"
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+# Options of the driver and executor JVMs. HotSpot never JIT-compiles a method of more than 8,000
+# bytes of bytecode (`DontCompileHugeMethods`, on by default): it interprets it, every call. Spark's
+# whole-stage code generation fuses a query stage into one Java method and only gives up above
+# 65,535 bytes (`spark.sql.codegen.hugeMethodLimit`), so a wide stage (the job's classification of
+# the Kafka records: two JSON schemas, a dozen refusal checks, the typed quote and trade structs)
+# ran interpreted. Letting HotSpot compile huge methods: 500,000 records classified in 3.5 s instead
+# of 8.0 s (min of 3, bench/results/streaming.md, 2026-12-03).
+JVM_OPTIONS = "-Duser.timezone=UTC -XX:-DontCompileHugeMethods"
 
 
 def shuffle_partitions(master: str) -> int:
@@ -104,8 +112,8 @@ def spark_session(settings: Settings, app_name: str = "btcstream", *, with_kafka
         SparkSession.builder.appName(app_name)
         .master(settings.spark_master)
         .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.driver.extraJavaOptions", "-Duser.timezone=UTC")
-        .config("spark.executor.extraJavaOptions", "-Duser.timezone=UTC")
+        .config("spark.driver.extraJavaOptions", JVM_OPTIONS)
+        .config("spark.executor.extraJavaOptions", JVM_OPTIONS)
         .config("spark.sql.shuffle.partitions", str(shuffle_partitions(settings.spark_master)))
         # Delta rebuilds a table's snapshot from its log with a Spark job of 50 partitions by
         # default; our tables' logs are small and the job reads them in every micro-batch. One
