@@ -20,6 +20,8 @@ does it against the stored rows).
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField
@@ -88,6 +90,25 @@ def classify_records(kafka_rows: DataFrame, trades_topic: str | None) -> DataFra
     explode for the reason `parse.classify` gives (a filter pushed below the projection would
     parse every valid record a second time).
     """
+    parsed, classified, final = _projections(trades_topic, _jvm_identity())
+    return kafka_rows.select(*parsed).select(*classified).select(*final)
+
+
+def _jvm_identity() -> int:
+    """Which JVM the process talks to (Column objects live there): a cache key for `_projections`."""
+    from pyspark import SparkContext
+
+    return id(SparkContext._jvm)
+
+
+@lru_cache(maxsize=8)
+def _projections(trades_topic: str | None, jvm: int) -> tuple[list[Column], list[Column], list[Column]]:
+    """The three projections of `classify_records`, built once per trades topic and JVM.
+
+    Building them takes about 3,800 calls into the JVM (0.6 s per micro-batch of the 1 s-trigger job,
+    measured with cProfile on live batches of 200 records, 2026-12-03); the Column objects hold no
+    data and no session, so every batch reuses them.
+    """
     is_trade = (F.col("topic") == F.lit(trades_topic)) if trades_topic else F.lit(False)
     text = F.col("value").cast("string")
     options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": parse.CORRUPT_COLUMN}
@@ -96,20 +117,18 @@ def classify_records(kafka_rows: DataFrame, trades_topic: str | None) -> DataFra
         F.when(is_trade, F.from_json(text, _trade_json_schema(), options)).alias("trade_record"),
         F.when(is_trade, F.lit(TRADE)).otherwise(F.lit(QUOTE)).alias("kind"),
     )
-    rows = kafka_rows.select(
-        F.col("value").cast("binary").alias("value"), "topic", "partition", "offset",
-        F.col("timestamp").alias("kafka_timestamp"), F.explode(F.array(parsed)).alias("parsed"),
-    ).select("value", "topic", "partition", "offset", "kafka_timestamp", "parsed.*")
-    event_time = parse._timestamp(F.col("tick.event_time"))
-    trade_time = parse._timestamp(F.col("trade_record.trade_time"))
-    reason = (F.when(F.col("kind") == TRADE, _trade_reason(F.col("trade_record"), trade_time))
-              .otherwise(parse._reason(F.col("tick"), event_time)))
-    rows = rows.withColumn("event_time", event_time).withColumn("reason", reason)
+    coordinates = [F.col(name) for name in ("topic", "partition", "offset", "kafka_timestamp")]
+    first = [F.col("value").cast("binary").alias("value"), F.col("topic"), F.col("partition"), F.col("offset"),
+             F.col("timestamp").alias("kafka_timestamp"), F.explode(F.array(parsed)).alias("parsed")]
+    event_time = parse._timestamp(F.col("parsed.tick.event_time"))
+    trade_time = parse._timestamp(F.col("parsed.trade_record.trade_time"))
+    reason = (F.when(F.col("parsed.kind") == TRADE, _trade_reason(F.col("parsed.trade_record"), trade_time))
+              .otherwise(parse._reason(F.col("parsed.tick"), event_time)))
+    second = [F.col("value"), *coordinates, F.col("parsed.tick").alias("tick"),
+              F.col("parsed.trade_record").alias("trade_record"), F.col("parsed.kind").alias("kind"),
+              event_time.alias("event_time"), reason.alias("reason")]
     valid = F.col("reason").isNull()
-    return rows.select(
-        "kind", "reason",
-        F.when(~valid, F.col("value")).alias("value"),
-        "topic", "partition", "offset", "kafka_timestamp",
-        F.when(valid & (F.col("kind") == QUOTE), F.struct(*parse.tick_columns())).alias("quote"),
-        F.when(valid & (F.col("kind") == TRADE), F.struct(*trade_columns(F.col("trade_record")))).alias("trade"),
-    )
+    final = [F.col("kind"), F.col("reason"), F.when(~valid, F.col("value")).alias("value"), *coordinates,
+             F.when(valid & (F.col("kind") == QUOTE), F.struct(*parse.tick_columns())).alias("quote"),
+             F.when(valid & (F.col("kind") == TRADE), F.struct(*trade_columns(F.col("trade_record")))).alias("trade")]
+    return first, second, final
