@@ -79,7 +79,7 @@ HEAP_FIGURES = {"full_gc_live_mib": "live heap after a full collection", "live_m
                 "heap_mib": "heap after GC"}
 LAG_NEAR_ZERO = 1_000  # records
 PROCESSES = ("broker", "namenode", "datanode", "job_driver", "producer")
-SERVICE_JVMS = ("broker", "namenode", "datanode")  # judged by heap after GC and an RSS bound (`rss_bound`)
+SERVICE_JVMS = ("broker", "namenode", "datanode")  # judged by a heap figure (`heap_figure`) and an RSS bound (`rss_bound`)
 
 
 def _mib(option: str) -> float:
